@@ -1,0 +1,58 @@
+"""The `hwnas` command: one small module per group of verbs in `hwnas.commands`, each calling
+one library function. Errors a user can fix are printed as one line, with a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+#: command modules; each defines register(subparsers) and sets `func` on its parsers
+COMMAND_MODULES = ("hwnas.commands.profile",)
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hwnas",
+        description="On-device latency profiling and hardware-aware neural architecture search.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from hwnas import __version__
+
+    p.add_argument("--version", action="version", version=f"hwnas {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return p
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from profiler.backends import BackendUnavailable
+    from profiler.blocks import BlockKeyError
+    from profiler.devices import DeviceError
+    from profiler.spaces import SpaceError
+    from profiler.store import StoreError
+
+    return (UserError, BackendUnavailable, BlockKeyError, DeviceError, SpaceError, StoreError, FileNotFoundError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("hwnas: interrupted; every measurement taken so far is stored, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

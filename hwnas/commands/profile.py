@@ -1,0 +1,332 @@
+"""`hwnas devices`, `hwnas spaces`, `hwnas profile`, `hwnas table`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from hwnas.cli import UserError
+
+HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def register(sub) -> None:
+    p = sub.add_parser("devices", help="list the devices this machine can profile", formatter_class=HELP_FMT,
+                       description="List the host CPU (`local`: model, cores, governor, frequencies, "
+                                   "temperatures) and its CUDA GPU (`local:cuda`) where one exists.")
+    p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("spaces", help="list the shipped search spaces", formatter_class=HELP_FMT)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--keys", metavar="SPACE", help="print the block keys of one space, one per line")
+    p.set_defaults(func=cmd_spaces)
+
+    p = sub.add_parser("profile", help="compile and time every block of a search space on a device",
+                       formatter_class=HELP_FMT,
+                       description="Compile each distinct block of a search space with a backend, time it on "
+                                   "a device in a pinned worker process, and store every measurement in an "
+                                   "SQLite file as soon as it is taken. Blocks already stored are skipped, so "
+                                   "the same command resumes a stopped run.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--space", help="search space name (see `hwnas spaces`) or a space .yaml file")
+    what.add_argument("--block", action="append", metavar="KEY",
+                      help="a block key (ProxylessNAS / Once-for-All LUT format); repeat for more")
+    p.add_argument("--backend", required=True, choices=["executorch", "tvm", "torch"],
+                   help="compiler/runtime: executorch (XNNPACK .pte), tvm (Relax, llvm), torch (eager baseline)")
+    p.add_argument("--device", default="local",
+                   help="device: local (host CPU) or local:cuda (host GPU)")
+    p.add_argument("--db", default="hwnas.db", help="SQLite store file (created if missing)")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads during timing (count)")
+    p.add_argument("--cores", help="cores of the timing worker, e.g. 1 or 0-3 (default: the fastest "
+                                   "THREADS cores, highest-numbered first)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="parallel compile processes (count; default: all cores). Compilation never "
+                        "overlaps timing")
+    p.add_argument("--cache-dir", help="compile cache folder (default: $HWNAS_CACHE_DIR or "
+                                       "~/.cache/hwnas/artifacts)")
+    p.add_argument("--per-op", action="store_true",
+                   help="also record per-operator times (ExecuTorch ETDump + Inspector), stored with the row")
+    p.add_argument("--tune-trials", type=int, default=0,
+                   help="TVM only: MetaSchedule tuning trials per block (count; 0 = untuned default schedules)")
+    p.add_argument("--retry-failed", action="store_true", help="measure again the blocks stored as failures")
+    p.add_argument("--limit", type=int, help="profile only the first N blocks of the space (count)")
+    g = p.add_argument_group("timing protocol")
+    g.add_argument("--warmup-runs", type=int, default=10, help="untimed runs before timing (count)")
+    g.add_argument("--min-runs", type=int, default=25, help="timed samples at least (count)")
+    g.add_argument("--max-runs", type=int, default=300, help="timed samples at most (count)")
+    g.add_argument("--max-seconds", type=float, default=6.0, help="timing budget per block (seconds)")
+    g.add_argument("--target-rel-err", type=float, default=0.005,
+                   help="stop once the median's relative standard error is below this (fraction, 0.005 = 0.5%%)")
+    g.add_argument("--min-sample-ms", type=float, default=2.0,
+                   help="calls are batched so one sample lasts at least this long (milliseconds)")
+    g.add_argument("--quick", action="store_true", help="a fast, looser protocol for smoke runs")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("table", help="show or export the stored measurements", formatter_class=HELP_FMT,
+                       description="Summarise the store per device and backend, print the rows, or export them "
+                                   "to Parquet or CSV.")
+    p.add_argument("--db", default="hwnas.db", help="SQLite store file")
+    p.add_argument("--out", help="export the rows to this .parquet or .csv file")
+    p.add_argument("--backend", help="only rows of this backend")
+    p.add_argument("--device", help="only rows of this device spec (e.g. local)")
+    p.add_argument("--rows", action="store_true", help="print every row, not only the summary")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_table)
+
+
+# ---- devices / spaces -------------------------------------------------------------------------
+
+def cmd_devices(args) -> int:
+    from profiler.devices import cuda_info, local_info
+
+    devs: list[dict[str, Any]] = [local_info()]
+    cuda = cuda_info()
+    if cuda:
+        devs.append(cuda)
+    if args.json:
+        print(json.dumps(devs, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="devices")
+    t.add_column("device")
+    t.add_column("what")
+    t.add_column("details")
+    loc = devs[0]
+    freqs = ", ".join(f"{c}:{v:.0f}" for c, v in loc["freq_mhz"].items())
+    gov = loc["governor"] if isinstance(loc["governor"], str) else ", ".join(sorted(set(loc["governor"].values())))
+    temps = loc["temp_c"] if isinstance(loc["temp_c"], str) else ", ".join(f"{v:.0f}" for v in loc["temp_c"].values())
+    t.add_row("local", loc["cpu_model"],
+              f"{loc['cores']} cores ({loc['core_ids']}), {loc['machine']}, governor: {gov}\n"
+              f"MHz now: {freqs}\ntemperatures (C): {temps}\nload: {', '.join(f'{x:.2f}' for x in loc['loadavg'])}")
+    if cuda:
+        t.add_row("local:cuda", cuda["name"], f"{cuda['memory_gib']} GiB, compute {cuda['capability']}")
+    Console().print(t)
+    if not cuda:
+        print("local:cuda: not available (torch sees no CUDA GPU on this machine)")
+    return 0
+
+
+def cmd_spaces(args) -> int:
+    from profiler.spaces import list_spaces, load_space
+
+    if args.keys:
+        for b in load_space(args.keys).blocks():
+            print(b.key)
+        return 0
+    rows = []
+    for name in list_spaces():
+        sp = load_space(name)
+        rows.append({"name": name, "input": sp.input_size, "layers": len(sp.layers),
+                     "searchable": len(sp.searchable), "distinct_blocks": len(sp.blocks()),
+                     "architectures": sp.size(), "description": sp.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="search spaces")
+    for c in ("name", "input", "searchable", "distinct_blocks", "architectures", "description"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], str(r["input"]), str(r["searchable"]), str(r["distinct_blocks"]),
+                  f"{r['architectures']:.2e}", r["description"])
+    Console().print(t)
+    return 0
+
+
+# ---- profile ---------------------------------------------------------------------------------
+
+class _RichProgress:
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.console = console
+        self.bar = Progress(TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[label]}", style="dim"), console=console, transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def phase(self, name: str, total: int) -> None:
+        if not self.tasks:
+            self.bar.start()
+        self.tasks[name] = self.bar.add_task(name, total=total, label="")
+
+    def advance(self, name: str, label: str) -> None:
+        self.bar.update(self.tasks[name], advance=1, label=label[:60])
+
+    def message(self, text: str) -> None:
+        self.console.print(f"[yellow]{text}")
+
+    def stop(self) -> None:
+        if self.tasks:
+            self.bar.stop()
+
+
+def _protocol(args):
+    from profiler.measurement import TimingProtocol
+
+    if args.quick:
+        return TimingProtocol.quick()
+    for name in ("warmup_runs", "min_runs", "max_runs"):
+        if getattr(args, name) < (0 if name == "warmup_runs" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive count")
+    if args.min_runs > args.max_runs:
+        raise UserError("--min-runs must not exceed --max-runs")
+    if not 0 < args.target_rel_err < 1:
+        raise UserError("--target-rel-err is a fraction between 0 and 1, e.g. 0.005")
+    return TimingProtocol(warmup_runs=args.warmup_runs, min_runs=args.min_runs, max_runs=args.max_runs,
+                          max_seconds=args.max_seconds, target_rel_err=args.target_rel_err,
+                          min_sample_ms=args.min_sample_ms)
+
+
+def cmd_profile(args) -> int:
+    from profiler.blocks import BlockSpec
+    from profiler.harness import profile
+    from profiler.spaces import load_space
+    from profiler.store import Store
+
+    if args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    if args.space:
+        blocks = load_space(args.space).blocks()
+    else:
+        blocks = [BlockSpec.from_key(k) for k in args.block]
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UserError("--limit must be at least 1")
+        blocks = blocks[:args.limit]
+    protocol = _protocol(args)
+    store = Store(args.db)  # refuses a corrupt or foreign file before anything runs
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    prog = None if args.json else _RichProgress(console)
+    try:
+        res = profile(blocks, args.backend, store, device=args.device, threads=args.threads, cores=args.cores,
+                      protocol=protocol, jobs=args.jobs, cache_dir=args.cache_dir, per_op=args.per_op,
+                      tune_trials=args.tune_trials, retry_failed=args.retry_failed, progress=prog)
+    finally:
+        if prog:
+            prog.stop()
+    keys = [b.key for b in blocks]
+    df = store.dataframe(device=res.config.device, backend=res.config.backend, target=res.config.target,
+                         threads=res.config.threads, cores=res.config.cores, device_id=res.config.device_id)
+    df = df[df.block_key.isin(keys)]
+    summary = {
+        "db": args.db, "device": res.config.device, "device_id": res.config.device_id,
+        "backend": res.config.backend, "target": res.config.target, "threads": res.config.threads,
+        "cores": res.config.cores, "blocks": res.total, "already_stored": res.skipped,
+        "measured": len(res.measured), "failed_now": len(res.failed), "compiled": res.compiled,
+        "failed_stored": int((df.status == "failed").sum()), "peak_gflops": res.peak_gflops,
+        "wall_s": round(res.wall_s, 2),
+    }
+    if args.json:
+        print(json.dumps({"summary": summary, "rows": _rows_json(df)}, indent=2))
+    else:
+        _print_rows(df, res.peak_gflops, title=f"{res.config.backend} on {res.config.device} "
+                                                f"({res.config.threads} thread(s), cores {res.config.cores})")
+        print(f"{res.total} blocks: {len(res.measured)} measured now, {res.skipped} already stored, "
+              f"{summary['failed_stored']} failed; {res.compiled} compiled; {res.wall_s:.1f} s; store: {args.db}")
+        if summary["failed_stored"]:
+            print("failed blocks keep their reason in the store (`hwnas table --rows`); "
+                  "`--retry-failed` measures them again")
+    return 1 if summary["failed_stored"] == res.total and res.total else 0
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def _rows_json(df) -> list[dict[str, Any]]:
+    cols = ["block_key", "backend", "device", "status", "stage", "error", "median_ms", "mean_ms", "p10_ms",
+            "p90_ms", "cv", "n", "inner_runs", "flops", "gflops", "peak_share", "flags"]
+    out = []
+    for r in df[cols].to_dict("records"):
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    return out
+
+
+def _print_rows(df, peak, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("block")
+    t.add_column("median ms", justify="right")
+    t.add_column("p10-p90 %", justify="right")
+    t.add_column("CV %", justify="right")
+    t.add_column("MFLOPs", justify="right")
+    t.add_column("GFLOP/s", justify="right")
+    t.add_column("of peak", justify="right")
+    t.add_column("flags / error")
+    for r in df.itertuples():
+        if r.status == "ok":
+            t.add_row(r.block_key, _fmt(r.median_ms, ".4f"), _fmt(100 * r.rel_spread, ".1f"), _fmt(100 * r.cv, ".1f"),
+                      _fmt(r.flops / 1e6, ".2f"), _fmt(r.gflops, ".1f"),
+                      _fmt(100 * r.peak_share, ".0f") + "%" if r.peak_share == r.peak_share else "-",
+                      ",".join(r.flags or []))
+        else:
+            t.add_row(r.block_key, "-", "-", "-", _fmt(r.flops / 1e6, ".2f"), "-", "-",
+                      f"[red]failed ({r.stage}): {r.error}")
+    Console().print(t)
+    if peak:
+        print(f"peak: {peak:.1f} GFLOP/s (fp32 matrix product on the same cores and threads)")
+
+
+# ---- table ---------------------------------------------------------------------------------------
+
+def cmd_table(args) -> int:
+    from pathlib import Path
+
+    from profiler.store import Store
+
+    if not Path(args.db).exists():
+        raise UserError(f"{args.db}: no such store; profile first (`hwnas profile ... --db {args.db}`)")
+    store = Store(args.db, create=False)
+    df = store.dataframe(backend=args.backend, device=args.device)
+    if args.out:
+        if not args.out.endswith((".parquet", ".csv")):
+            raise UserError(f"--out {args.out}: export to a .parquet or .csv file")
+        store.export(args.out, backend=args.backend, device=args.device)
+        print(f"wrote {len(df)} rows to {args.out}", file=sys.stderr)
+    groups = []
+    for (dev, dev_id, be, tgt, th, co), g in df.groupby(["device", "device_id", "backend", "target", "threads",
+                                                         "cores"], sort=False):
+        ok = g[g.status == "ok"]
+        groups.append({"device": dev, "device_id": dev_id, "backend": be, "target": tgt, "threads": int(th),
+                       "cores": co, "rows": len(g), "ok": len(ok), "failed": int((g.status == "failed").sum()),
+                       "sum_median_ms": float(ok.median_ms.sum()) if len(ok) else None,
+                       "median_cv": float(ok.cv.median()) if len(ok) else None,
+                       "flagged": int(ok.flags.map(bool).sum()) if len(ok) else 0})
+    if args.json:
+        print(json.dumps({"db": args.db, "rows": len(df), "groups": groups,
+                          **({"data": _rows_json(df)} if args.rows else {})}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{args.db}: {len(df)} rows", title_justify="left")
+    for c in ("device", "backend", "threads", "cores", "ok", "failed", "sum of medians ms", "median CV %", "flagged"):
+        t.add_column(c)
+    for g in groups:
+        t.add_row(g["device"], g["backend"], str(g["threads"]), g["cores"], str(g["ok"]), str(g["failed"]),
+                  _fmt(g["sum_median_ms"], ".3f"), _fmt(g["median_cv"] and 100 * g["median_cv"], ".2f"),
+                  str(g["flagged"]))
+    Console().print(t)
+    if args.rows:
+        for g in groups:
+            sel = df[(df.backend == g["backend"]) & (df.device == g["device"]) & (df.threads == g["threads"])
+                     & (df.cores == g["cores"])]
+            _print_rows(sel, sel.peak_gflops.iloc[0] if len(sel) else None, title=f"{g['backend']} on {g['device']}")
+    return 0

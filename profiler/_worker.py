@@ -1,0 +1,210 @@
+"""The timing worker: a separate process pinned to chosen cores with a fixed thread count.
+
+The harness (compiling, writing the store, drawing progress) runs in the parent; only loading
+and timing happen here, so the harness's own work does not share the measured cores' caches and
+time slices. Messages are plain dicts over a pipe; a crash or a hang of a block is seen by the
+parent (EOF or timeout) and recorded as a failure, and the worker is started again.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import time
+import traceback
+from typing import Any
+
+# Do not import torch, TVM or ExecuTorch at module level: the worker sets the thread counts
+# in its environment first, and the runtimes read them when they are imported.
+
+
+def _configure(cores: list[int], threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["TVM_BIND_THREADS"] = "0"  # the process mask pins TVM's pool; its own binding fights it
+    os.sched_setaffinity(0, cores)
+
+
+def serve(conn, cores: list[int], threads: int) -> None:
+    """Entry point of the worker process."""
+    _configure(cores, threads)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if msg is None:
+            return
+        try:
+            if msg["op"] == "measure":
+                res = _measure(msg, cores, threads)
+            elif msg["op"] == "peak":
+                res = _peak(threads)
+            elif msg["op"] == "outputs":
+                res = _outputs(msg, threads)
+            else:
+                raise ValueError(f"unknown op {msg['op']!r}")
+            conn.send({"ok": True, **res})
+        except KeyboardInterrupt:
+            return
+        except BaseException as e:  # report every failure to the parent; it records the reason
+            stage = getattr(e, "stage", "run")
+            conn.send({"ok": False, "stage": stage, "error": _reason(e),
+                       "trace": traceback.format_exc(limit=6)[-2000:]})
+
+
+class _StageError(RuntimeError):
+    def __init__(self, stage: str, cause: BaseException):
+        super().__init__(_reason(cause))
+        self.stage = stage
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, _StageError):
+        return str(e)
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line}"[:500]
+
+
+def _load(msg: dict[str, Any], threads: int):
+    from profiler.backends import Artifact, get_backend
+
+    art = Artifact.from_dict(msg["artifact"])
+    try:
+        return get_backend(art.backend).load(art, msg["device"], threads)
+    except Exception as e:
+        raise _StageError("load", e) from e
+
+
+def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, Any]:
+    import numpy as np
+
+    from profiler.devices import env_snapshot
+    from profiler.stats import median_rel_error
+
+    p = msg["protocol"]
+    t_start = time.perf_counter()
+    runner = _load(msg, threads)
+    env_before = env_snapshot(cores)
+
+    # warm-up: caches, lazy allocations, the runtime's first-call paths; never timed
+    n, t_warm0, last = 0, time.perf_counter(), []
+    while n < p["warmup_runs"] or (time.perf_counter() - t_warm0) * 1e3 < p["warmup_ms"]:
+        t0 = time.perf_counter_ns()
+        runner.run()
+        last.append((time.perf_counter_ns() - t0) / 1e6)
+        n += 1
+    flags = []
+    if not all(np.all(np.isfinite(o)) for o in runner.outputs()):
+        flags.append("nonfinite_output")
+    per_call_ms = float(np.median(last[-5:]))
+    number = max(1, math.ceil(p["min_sample_ms"] / max(per_call_ms, 1e-4)))
+    sample = runner.timer(number)
+
+    samples: list[float] = []
+    t_timed = time.perf_counter()
+    converged = False
+    while True:
+        samples.append(sample())
+        if len(samples) >= p["min_runs"] and median_rel_error(samples) <= p["target_rel_err"]:
+            converged = True
+            break
+        if len(samples) >= p["max_runs"] or time.perf_counter() - t_timed > p["max_seconds"]:
+            break
+    env_after = env_snapshot(cores)
+    if not converged:
+        flags.append("unconverged")
+    per_op = runner.per_op(p["per_op_runs"]) if msg.get("per_op") else None
+    return {"samples_ms": samples, "inner_runs": number, "env_before": env_before, "env_after": env_after,
+            "flags": flags, "per_op": per_op, "wall_s": time.perf_counter() - t_start}
+
+
+def _outputs(msg: dict[str, Any], threads: int) -> dict[str, Any]:
+    runner = _load(msg, threads)
+    runner.run()
+    return {"outputs": [o.tolist() for o in runner.outputs()]}
+
+
+def _peak(threads: int) -> dict[str, Any]:
+    """Peak fp32 GFLOP/s of the pinned cores: the best of several large matrix products (torch/oneDNN)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = math.inf
+    for _ in range(15):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return {"gflops": 2 * n**3 / best / 1e9, "method": f"torch.matmul fp32 {n}x{n}, best of 15"}
+
+
+class WorkerFailed(RuntimeError):
+    def __init__(self, stage: str, error: str):
+        super().__init__(error)
+        self.stage = stage
+        self.error = error
+
+
+class TimingWorker:
+    """Parent-side handle of the worker process."""
+
+    def __init__(self, cores: list[int], threads: int):
+        self.cores, self.threads = cores, threads
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._conn = None
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=serve, args=(child, self.cores, self.threads), daemon=True,
+                                       name="hwnas-timing")
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def call(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request; raise `WorkerFailed` on a reported error, a crash or a timeout."""
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        self._conn.send(msg)
+        if not self._conn.poll(timeout_s):
+            self._kill()
+            raise WorkerFailed("timeout", f"no result within {timeout_s:.0f} s; the worker was killed")
+        try:
+            res = self._conn.recv()
+        except (EOFError, ConnectionResetError):
+            self._proc.join(5)
+            code = self._proc.exitcode
+            self._kill()
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise WorkerFailed("crash", f"the timing worker died ({how})") from None
+        if not res.get("ok"):
+            raise WorkerFailed(res.get("stage", "run"), res.get("error", "unknown error"))
+        return res
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(5)
+        self._proc = self._conn = None
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+                self._proc.join(10)
+            except (BrokenPipeError, OSError):
+                pass
+        self._kill()
+
+    def __enter__(self) -> "TimingWorker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

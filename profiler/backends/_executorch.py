@@ -1,0 +1,121 @@
+"""ExecuTorch: torch.export -> XNNPACK delegate -> .pte, run in-process by the ExecuTorch runtime."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from profiler.backends.base import Artifact, Backend, BackendUnavailable, CompileError, Model, Runner
+
+
+class ExecuTorchBackend(Backend):
+    name = "executorch"
+    suffix = ".pte"
+
+    def target_for(self, device: str, cross: str | None = None) -> str:
+        if device == "local:cuda":
+            raise BackendUnavailable("executorch: the pip wheel has no CUDA backend; use --backend torch or tvm "
+                                     "on local:cuda")
+        if cross:
+            return f"xnnpack-{cross}"
+        return f"xnnpack-{platform.machine()}"
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        return {"executorch": version("executorch"), "torch": version("torch")}
+
+    def compile(self, model: Model, target: str, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        per_op = bool(options.get("per_op"))
+        try:
+            module, x = model.build(), model.example_input()
+            with torch.no_grad():
+                ep = torch.export.export(module, (x,))
+            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], generate_etrecord=per_op)
+            prog = edge.to_executorch()
+        except Exception as e:  # the exporter and lowering raise many types; keep the reason
+            raise CompileError(f"executorch export failed: {type(e).__name__}: {_first_line(e)}") from e
+        out.write_bytes(prog.buffer)
+        extra: dict[str, Any] = {}
+        if per_op:
+            etrecord = out.with_suffix(".etrecord")
+            prog.get_etrecord().save(str(etrecord))
+            extra["etrecord"] = str(etrecord)
+        return extra
+
+    def load(self, artifact: Artifact, device: str, threads: int) -> Runner:
+        return _ETRunner(artifact, threads)
+
+
+class _ETRunner(Runner):
+    def __init__(self, artifact: Artifact, threads: int):
+        import torch
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+        self._pl = portable_lib
+        self.artifact = artifact
+        self._buf = Path(artifact.path).read_bytes()
+        self._x = torch.randn(*artifact.input_shape, generator=torch.Generator().manual_seed(0))
+        self._method = portable_lib._load_program_from_buffer(self._buf).load_method("forward")
+        # inputs are bound once: the clock then covers execution only
+        self._method.set_inputs([self._x])
+
+    def run(self) -> None:
+        self._method.execute()  # synchronous on the CPU
+
+    def outputs(self) -> list[Any]:
+        return [o.numpy() for o in self._method.get_outputs()]
+
+    def per_op(self, runs: int) -> list[dict[str, Any]] | None:
+        etrecord = self.artifact.extra.get("etrecord")
+        if not etrecord:
+            return None
+        from executorch.devtools import Inspector
+
+        prog = self._pl._load_program_from_buffer(self._buf, enable_etdump=True)
+        method = prog.load_method("forward")
+        method.set_inputs([self._x])
+        for _ in range(runs):
+            method.execute()
+        with tempfile.TemporaryDirectory() as d:
+            etdump = str(Path(d) / "run.etdp")
+            prog.write_etdump_result_to_file(etdump, str(Path(d) / "debug.bin"))
+            df = Inspector(etdump_path=etdump, etrecord=etrecord).to_dataframe()
+        return _summarise_ops(df)
+
+
+def _summarise_ops(df) -> list[dict[str, Any]]:
+    """One row per event of the Inspector's table, with the units the Inspector reports (ms)."""
+    rows = []
+    for _, r in df.iterrows():
+        name = str(r.get("event_name", ""))
+        if name in ("Method::execute", "Program::load_method", "Method::init") or not name:
+            continue
+        rows.append({
+            "event": name,
+            "block": str(r.get("event_block_name", "")),
+            "delegate": str(r.get("delegate_backend_name", "") or ""),
+            "p50_ms": _f(r.get("p50 (ms)")), "avg_ms": _f(r.get("avg (ms)")),
+            "p10_ms": _f(r.get("p10 (ms)")), "p90_ms": _f(r.get("p90 (ms)")),
+            "runs": len(r.get("raw", []) or []),
+        })
+    return rows
+
+
+def _f(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:300] if s else ""

@@ -1,0 +1,157 @@
+"""TVM: Relax from torch.export, built for the host CPU (llvm), CUDA, or a cross target (aarch64)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from profiler.backends.base import Artifact, Backend, BackendUnavailable, CompileError, Model, Runner
+
+#: cross targets a user can name with --cross; LLVM target dicts (TVM 0.27 refuses option strings)
+CROSS_TARGETS = {
+    "aarch64-android": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]},
+    "aarch64-linux": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+}
+
+
+class TVMBackend(Backend):
+    name = "tvm"
+    suffix = ".so"
+
+    def target_for(self, device: str, cross: str | None = None) -> str:
+        import tvm
+
+        if cross:
+            if cross not in CROSS_TARGETS:
+                raise BackendUnavailable(f"tvm: unknown cross target {cross!r}; known: {', '.join(CROSS_TARGETS)}")
+            return json.dumps(CROSS_TARGETS[cross], sort_keys=True)
+        if device == "local:cuda":
+            if not tvm.cuda(0).exist:
+                raise BackendUnavailable("tvm: no CUDA device is visible to TVM on this machine")
+            return _canonical(tvm.target.Target.from_device(tvm.cuda(0)))
+        return _canonical(tvm.target.Target.from_device(tvm.cpu()))
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        return {"apache-tvm": version("apache-tvm"), "torch": version("torch")}
+
+    def compile(self, model: Model, target: str, out: Path, options: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.torch import from_exported_program
+
+        tgt_dict = json.loads(target)
+        tgt = tvm.target.Target(tgt_dict)
+        try:
+            module, x = model.build(), model.example_input()
+            with torch.no_grad():
+                ep = torch.export.export(module, (x,))
+            mod = from_exported_program(ep, unwrap_unit_return_tuple=True)
+            trials = int(options.get("tune_trials") or 0)
+            if trials > 0:
+                mod = _tune(mod, tgt, trials)
+            ex = tvm.compile(mod, tgt)
+        except Exception as e:  # TVM raises TVMError/RuntimeError/... from deep inside; keep the reason
+            raise CompileError(f"tvm build failed: {type(e).__name__}: {_first_line(e)}") from e
+        fcompile = _fcompile_for(tgt_dict)
+        try:
+            # write beside the final name, then move: a killed build never leaves half a library
+            tmp = out.with_name(out.name + ".tmp.so")
+            if fcompile is None:
+                ex.export_library(str(tmp))
+            else:
+                ex.export_library(str(tmp), fcompile=fcompile)
+        except Exception as e:
+            raise CompileError(f"tvm export_library failed: {type(e).__name__}: {_first_line(e)}") from e
+        os.replace(tmp, out)
+        return {"tune_trials": int(options.get("tune_trials") or 0)}
+
+    def load(self, artifact: Artifact, device: str, threads: int) -> Runner:
+        return _TVMRunner(artifact, device)
+
+
+def _canonical(tgt) -> str:
+    # str(Target) is its JSON config in TVM 0.27; sorted keys make it a stable cache key
+    return json.dumps(json.loads(str(tgt)), sort_keys=True)
+
+
+def _tune(mod, tgt, trials: int):
+    """MetaSchedule tuning with a trial budget (slow on a small CPU: give it a budget)."""
+    from tvm import relax
+
+    with tempfile.TemporaryDirectory(prefix="hwnas-ms-") as work_dir, tgt:
+        pipeline = relax.get_pipeline("static_shape_tuning", target=tgt, work_dir=work_dir, total_trials=trials,
+                                      max_trials_per_task=max(1, trials // 4))
+        return pipeline(mod)
+
+
+def _fcompile_for(tgt: dict[str, Any]):
+    """A cross compiler for aarch64 libraries: the NDK's clang where the user has one, else Debian's gcc."""
+    triple = tgt.get("mtriple", "")
+    if not triple.startswith("aarch64"):
+        return None
+    from tvm.support import cc
+
+    ndk_cc = os.environ.get("TVM_NDK_CC")
+    if not ndk_cc and os.environ.get("ANDROID_NDK_HOME"):
+        cand = sorted(Path(os.environ["ANDROID_NDK_HOME"]).glob(
+            "toolchains/llvm/prebuilt/*/bin/aarch64-linux-android*-clang++"))
+        ndk_cc = str(cand[-1]) if cand else None
+    if triple.endswith("android"):
+        if ndk_cc:
+            return cc.cross_compiler(ndk_cc, options=["-shared", "-fPIC", "-static-libstdc++"])
+    gcc = shutil.which("aarch64-linux-gnu-gcc")
+    if gcc is None:
+        raise CompileError("no aarch64 cross compiler: set TVM_NDK_CC or ANDROID_NDK_HOME (Android NDK), or "
+                           "install Debian's gcc-aarch64-linux-gnu")
+    return cc.cross_compiler(gcc)
+
+
+class _TVMRunner(Runner):
+    def __init__(self, artifact: Artifact, device: str):
+        import tvm
+        from tvm import relax
+
+        if json.loads(artifact.target).get("mtriple", "").startswith("aarch64") and \
+                os.uname().machine != "aarch64":
+            raise BackendUnavailable("tvm: an aarch64 library cannot run on this host; time it on the device")
+        self.dev = tvm.cuda(0) if device == "local:cuda" else tvm.cpu(0)
+        if not self.dev.exist:
+            raise BackendUnavailable(f"tvm: device {device} does not exist here")
+        self._lib = tvm.runtime.load_module(artifact.path)
+        self._vm = relax.VirtualMachine(self._lib, self.dev)
+        import torch
+
+        # the same example input as BlockSpec.example_input(seed=0) and the other backends
+        x = torch.randn(*artifact.input_shape, generator=torch.Generator().manual_seed(0)).numpy()
+        self._x = tvm.runtime.tensor(x, self.dev)
+        self._vm.set_input("main", self._x)
+        self._out = None
+
+    def run(self) -> None:
+        self._out = self._vm["main"](self._x)
+        self.dev.sync()
+
+    def outputs(self) -> list[Any]:
+        out = self._out
+        return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+
+    def timer(self, number: int):
+        # TVM's own timer: runs `number` calls back to back in C++ and synchronises the device
+        fe = self._vm.time_evaluator("invoke_stateful", self.dev, number=number, repeat=1)
+
+        def sample() -> float:
+            return float(fe("main").results[0]) * 1e3
+
+        return sample
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:300] if s else ""

@@ -1,0 +1,213 @@
+"""The profiling harness: blocks -> compile (parallel, cached) -> time (pinned worker) -> store.
+
+Every measurement is written to the store as soon as it is taken; blocks already stored under
+the same configuration are skipped, so a run that was stopped (Ctrl-C, SIGKILL, a crash) resumes
+where it stopped when started again. Compilation and timing never overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from profiler.backends import Artifact, BackendUnavailable, get_backend
+from profiler.blocks import ArchSpec, BlockSpec, flops
+from profiler.compile import compile_many, default_cache_dir
+from profiler.devices import DeviceError, default_cores, format_cores, local_id, parse_cores, parse_device
+from profiler.measurement import Config, Measurement, TimingProtocol
+from profiler.stats import summarize
+from profiler.store import Store
+from profiler._worker import TimingWorker, WorkerFailed
+
+__all__ = ["profile", "ProfileResult", "Progress"]
+
+
+class Progress:
+    """Callbacks of a profiling run (the CLI draws bars with them); all optional."""
+
+    def phase(self, name: str, total: int) -> None: ...
+
+    def advance(self, name: str, label: str) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class ProfileResult:
+    config: Config
+    total: int  # blocks asked for
+    skipped: int  # already stored
+    measured: list[Measurement] = field(default_factory=list)
+    failed: list[Measurement] = field(default_factory=list)
+    compiled: int = 0  # artifacts built in this run (not from the cache)
+    peak_gflops: float | None = None
+    wall_s: float = 0.0
+
+
+def _flops(model: Any) -> int:
+    if isinstance(model, ArchSpec):
+        return sum(flops(b) for b in model.blocks)
+    return flops(model)
+
+
+def _versions(backend: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("hwnas", "torch", "executorch" if backend == "executorch" else "apache-tvm" if backend == "tvm" else ""):
+        if pkg:
+            try:
+                out[pkg] = version(pkg)
+            except PackageNotFoundError:
+                out[pkg] = "not installed"
+    return out
+
+
+def _flags(env_before: dict, env_after: dict, protocol: TimingProtocol, ncores: int) -> list[str]:
+    flags = []
+    fb, fa = env_before.get("freq_mhz", {}), env_after.get("freq_mhz", {})
+    if any(c in fa and fa[c] < fb[c] * (1 - protocol.freq_drop_share) for c in fb):
+        flags.append("freq_drop")
+    tb, ta = env_before.get("temp_c", {}), env_after.get("temp_c", {})
+    if tb and ta and max(ta.values()) - max(tb.values()) > protocol.temp_rise_c:
+        flags.append("temp_rise")
+    load = env_before.get("loadavg") or [0]
+    if load[0] > ncores + 0.5:
+        flags.append("busy")
+    return flags
+
+
+def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store | str | Path,
+            device: str = "local", threads: int = 1, cores: str | None = None,
+            protocol: TimingProtocol | None = None, jobs: int | None = None, cache_dir: str | Path | None = None,
+            per_op: bool = False, tune_trials: int = 0, retry_failed: bool = False,
+            progress: Progress | None = None) -> ProfileResult:
+    """Profile `models` with `backend` on `device` and write every result to `store`.
+
+    Args:
+        models: blocks (or whole networks) to measure; duplicates are measured once.
+        backend: "executorch", "tvm" or "torch".
+        store: a `Store` or a path to the SQLite file.
+        device: "local" or "local:cuda" (phones and RPC devices are served by their own transports).
+        threads: threads of the runtime during timing.
+        cores: core list for the timing worker, e.g. "1" or "0-3"; default: the fastest `threads` cores.
+        protocol: the timing protocol (`TimingProtocol()` by default).
+        jobs: parallel compile processes (default: all cores; compilation never overlaps timing).
+        per_op: also record per-operator timings where the backend gives them (ExecuTorch ETDump).
+        tune_trials: MetaSchedule trials per block for TVM (0: untuned default schedules).
+        retry_failed: measure again the blocks whose stored row is a failure.
+
+    Raises:
+        DeviceError, BackendUnavailable, ValueError: bad device, backend or options (nothing stored).
+    """
+    t_run = time.perf_counter()
+    progress = progress or Progress()
+    protocol = protocol or TimingProtocol()
+    dev = parse_device(device)
+    if dev.kind in ("adb", "rpc"):
+        raise DeviceError(f"{dev.spec}: {dev.kind} devices are not supported by this version of the profiler "
+                          "yet; profile local or local:cuda")
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
+    core_list = parse_cores(cores) if cores else default_cores(threads)
+    be = get_backend(backend)
+    target = be.target_for(dev.spec)
+    if dev.kind == "cuda":
+        from profiler.devices import cuda_info
+
+        info = cuda_info()
+        if info is None:
+            raise BackendUnavailable("local:cuda: no CUDA GPU is visible to torch on this machine")
+        device_id = info["id"]
+    else:
+        device_id = local_id()
+    config = Config(dev.spec, device_id, backend, target, threads, format_cores(core_list))
+    own_store = not isinstance(store, Store)
+    st = Store(store) if own_store else store
+    try:
+        return _run(models, be.name, st, config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
+                    retry_failed, progress, t_run)
+    finally:
+        if own_store:
+            st.close()
+
+
+def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
+         retry_failed, progress: Progress, t_run) -> ProfileResult:
+    uniq = list(dict.fromkeys(models))
+    status = st.status_of(config)
+    todo = [m for m in uniq if m.key not in status or (retry_failed and status[m.key] == "failed")]
+    res = ProfileResult(config, len(uniq), len(uniq) - len(todo))
+    versions = _versions(backend)
+    options: dict[str, Any] = {}
+    if per_op:
+        options["per_op"] = True
+    if tune_trials:
+        options["tune_trials"] = int(tune_trials)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
+
+    def record(m: Measurement) -> None:
+        st.put(m)
+        (res.measured if m.status == "ok" else res.failed).append(m)
+
+    def failure(model, stage: str, error: str, compile_s: float | None = None) -> Measurement:
+        return Measurement(model.key, config, "failed", kind="network" if isinstance(model, ArchSpec) else "block",
+                           stage=stage, error=error, flops=_flops(model), compile_s=compile_s,
+                           protocol=protocol.to_dict(), versions=versions)
+
+    if not todo:
+        res.wall_s = time.perf_counter() - t_run
+        return res
+
+    # 1. compile everything that is missing (parallel), before any timing starts
+    artifacts: dict[Any, Artifact] = {}
+    progress.phase("compile", len(todo))
+
+    def on_compiled(model, art: Artifact | None, err: str | None, cached: bool) -> None:
+        res.compiled += not cached
+        if art is None:
+            record(failure(model, "compile", err or "unknown compile error"))
+        else:
+            artifacts[model] = art
+        progress.advance("compile", model.key)
+
+    compile_many(backend, todo, config.target, options, cache, jobs or len(os.sched_getaffinity(0)), on_compiled)
+
+    # 2. time each artifact in the pinned worker; store each row as soon as it is taken
+    progress.phase("measure", len(artifacts))
+    with TimingWorker(core_list, config.threads) as worker:
+        if res.peak_gflops is None:
+            try:
+                pk = worker.call({"op": "peak"}, protocol.timeout_s)
+                st.put_peak(config.device_id, config.threads, config.cores, pk["gflops"], pk["method"])
+                res.peak_gflops = pk["gflops"]
+            except WorkerFailed as e:
+                progress.message(f"peak GFLOP/s not measured: {e.error}")
+        for model in todo:
+            art = artifacts.get(model)
+            if art is None:
+                continue
+            msg = {"op": "measure", "artifact": art.to_dict(), "device": config.device,
+                   "protocol": protocol.to_dict(), "per_op": per_op}
+            try:
+                r = worker.call(msg, protocol.timeout_s)
+            except WorkerFailed as e:
+                record(failure(model, e.stage, e.error, art.compile_s))
+            else:
+                stats = summarize(r["samples_ms"])
+                m = Measurement(
+                    model.key, config, "ok", kind="network" if isinstance(model, ArchSpec) else "block",
+                    samples_ms=r["samples_ms"], inner_runs=r["inner_runs"], stats=stats.__dict__.copy(),
+                    flops=_flops(model), compile_s=art.compile_s, wall_s=r["wall_s"],
+                    flags=r["flags"] + _flags(r["env_before"], r["env_after"], protocol,
+                                              len(os.sched_getaffinity(0))),
+                    env_before={**r["env_before"], "cores": config.cores, "threads": config.threads},
+                    env_after=r["env_after"], protocol=protocol.to_dict(), versions=versions, per_op=r["per_op"])
+                record(m)
+            progress.advance("measure", model.key)
+    res.wall_s = time.perf_counter() - t_run
+    return res

@@ -1,0 +1,227 @@
+"""The measurement store: one SQLite file (WAL), one row per measurement, written as soon as taken.
+
+A row is unique per (block key, device id, backend, target, threads, cores): re-running a
+profile skips what is stored, and a row is never duplicated, however the run was stopped.
+Failures are rows too (status 'failed', with the stage and the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from profiler.measurement import Config, Measurement
+
+__all__ = ["Store", "StoreError"]
+
+APPLICATION_ID = 0x68776E73  # 'hwns'
+SCHEMA_VERSION = 1
+
+_STAT_COLS = ("n", "median_ms", "mean_ms", "trimmed_mean_ms", "min_ms", "p10_ms", "p90_ms", "std_ms", "cv",
+              "mad_ms", "rel_spread")
+_JSON_COLS = ("samples_ms", "flags", "env_before", "env_after", "protocol", "versions", "per_op")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY,
+    block_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    device TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    target TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    cores TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    stage TEXT,
+    error TEXT,
+    inner_runs INTEGER,
+    {", ".join(f"{c} REAL" for c in _STAT_COLS)},
+    flops INTEGER,
+    compile_s REAL,
+    wall_s REAL,
+    {", ".join(f"{c} TEXT" for c in _JSON_COLS)},
+    created_at TEXT NOT NULL,
+    UNIQUE (block_key, device_id, backend, target, threads, cores)
+);
+CREATE TABLE IF NOT EXISTS device_peaks (
+    device_id TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    cores TEXT NOT NULL,
+    gflops REAL NOT NULL,
+    method TEXT NOT NULL,
+    measured_at TEXT NOT NULL,
+    PRIMARY KEY (device_id, threads, cores)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store file is missing, corrupt, foreign or from an incompatible version."""
+
+
+class Store:
+    """The SQLite store. Safe to share between processes (WAL, busy timeout)."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if self.path.exists():
+            _check_existing(self.path)
+        elif not create:
+            raise StoreError(f"{self.path}: no such database; run `hwnas profile --db {self.path}` first")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            if self._db.execute("PRAGMA application_id").fetchone()[0] == 0:
+                self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: cannot open the store ({e})") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- writing -----------------------------------------------------------------------------
+    def put(self, m: Measurement) -> bool:
+        """Store `m` in its own transaction. A failed row may be replaced by a new result;
+        an ok row is never replaced. Returns whether the row was written."""
+        row = _to_row(m)
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in
+                            ("block_key", "device_id", "backend", "target", "threads", "cores"))
+        cur = self._db.execute(
+            f"INSERT INTO measurements ({cols}) VALUES ({marks}) "
+            "ON CONFLICT (block_key, device_id, backend, target, threads, cores) "
+            f"DO UPDATE SET {updates} WHERE measurements.status = 'failed'",
+            list(row.values()))
+        return cur.rowcount > 0
+
+    def put_peak(self, device_id: str, threads: int, cores: str, gflops: float, method: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO device_peaks VALUES (?, ?, ?, ?, ?, ?)",
+                         (device_id, threads, cores, gflops, method, time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+
+    # ---- reading -----------------------------------------------------------------------------
+    def status_of(self, config: Config) -> dict[str, str]:
+        """block key -> 'ok' | 'failed' for everything stored under `config`."""
+        cur = self._db.execute(
+            "SELECT block_key, status FROM measurements WHERE device_id=? AND backend=? AND target=? "
+            "AND threads=? AND cores=?", (config.device_id, config.backend, config.target, config.threads,
+                                          config.cores))
+        return dict(cur.fetchall())
+
+    def peak(self, device_id: str, threads: int, cores: str) -> float | None:
+        r = self._db.execute("SELECT gflops FROM device_peaks WHERE device_id=? AND threads=? AND cores=?",
+                             (device_id, threads, cores)).fetchone()
+        return r[0] if r else None
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+
+    def dataframe(self, status: str | None = None, **where: Any):
+        """All rows as a pandas DataFrame (JSON columns decoded), optionally filtered by column values."""
+        import pandas as pd
+
+        clauses, args = [], []
+        if status:
+            clauses.append("status = ?")
+            args.append(status)
+        for k, v in where.items():
+            if v is None:
+                continue
+            if k not in ("device", "device_id", "backend", "target", "threads", "cores", "kind", "block_key"):
+                raise ValueError(f"cannot filter on {k!r}")
+            clauses.append(f"{k} = ?")
+            args.append(v)
+        sql = "SELECT * FROM measurements" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
+        df = pd.read_sql_query(sql, self._db, params=args)
+        for c in _JSON_COLS:
+            df[c] = df[c].map(lambda s: json.loads(s) if isinstance(s, str) else None)
+        peaks = pd.read_sql_query("SELECT device_id, threads, cores, gflops AS peak_gflops FROM device_peaks",
+                                  self._db)
+        df = df.merge(peaks, how="left", on=["device_id", "threads", "cores"])
+        df["gflops"] = df["flops"] / (df["median_ms"] * 1e6)
+        df["peak_share"] = df["gflops"] / df["peak_gflops"]
+        return df
+
+    def export(self, out: str | Path, **where: Any) -> Path:
+        """Write the rows to .parquet or .csv (JSON columns as JSON text)."""
+        out = Path(out)
+        df = self.dataframe(**where)
+        for c in _JSON_COLS:
+            df[c] = df[c].map(lambda v: json.dumps(v) if v is not None else None)
+        if out.suffix == ".parquet":
+            df.to_parquet(out, index=False)
+        elif out.suffix == ".csv":
+            df.to_csv(out, index=False)
+        else:
+            raise ValueError(f"{out}: export to .parquet or .csv")
+        return out
+
+
+def _to_row(m: Measurement) -> dict[str, Any]:
+    c = m.config
+    row: dict[str, Any] = {
+        "block_key": m.block_key, "kind": m.kind, "device": c.device, "device_id": c.device_id,
+        "backend": c.backend, "target": c.target, "threads": c.threads, "cores": c.cores, "status": m.status,
+        "stage": m.stage, "error": m.error, "inner_runs": m.inner_runs,
+    }
+    for k in _STAT_COLS:
+        row[k] = m.stats.get(k)
+    row.update(flops=m.flops, compile_s=m.compile_s, wall_s=m.wall_s)
+    for k in _JSON_COLS:
+        v = getattr(m, k)
+        row[k] = json.dumps(v) if v is not None else None
+    row["created_at"] = m.created_at or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return row
+
+
+def _check_existing(path: Path) -> None:
+    """Refuse a file that is not our store, without writing a byte to it."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; pass a database file path with --db")
+    if path.stat().st_size == 0:
+        return  # an empty file is an empty SQLite database: ours to initialise
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head != b"SQLite format 3\x00":
+        raise StoreError(f"{path} is not an SQLite database (corrupt or another kind of file); "
+                         "move it away or pass another --db")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            app = db.execute("PRAGMA application_id").fetchone()[0]
+            ver = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path} is a damaged SQLite database ({e}); move it away or pass another --db") from None
+    if check != "ok":
+        raise StoreError(f"{path} is a damaged SQLite database ({check}); move it away or pass another --db")
+    if app != APPLICATION_ID:
+        if app == 0 and not tables:
+            return
+        raise StoreError(f"{path} is an SQLite database of another program (tables: "
+                         f"{', '.join(sorted(tables)) or 'none'}); pass another --db")
+    if ver > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer hwnas (schema {ver} > {SCHEMA_VERSION}); upgrade hwnas")
+
+
+def rows(ms: Iterable[Measurement]) -> list[dict[str, Any]]:
+    return [asdict(m) for m in ms]
