@@ -308,7 +308,7 @@ def cmd_table(args) -> int:
                        "cores": co, "rows": len(g), "ok": len(ok), "failed": int((g.status == "failed").sum()),
                        "sum_median_ms": float(ok.median_ms.sum()) if len(ok) else None,
                        "median_cv": float(ok.cv.median()) if len(ok) else None,
-                       "flagged": int(ok.flags.map(bool).sum()) if len(ok) else 0})
+                       "flagged": int(ok["flags"].map(bool).sum()) if len(ok) else 0})
     if args.json:
         print(json.dumps({"db": args.db, "rows": len(df), "groups": groups,
                           **({"data": _rows_json(df)} if args.rows else {})}, indent=2))

@@ -85,6 +85,12 @@ def _tune(mod, tgt, trials: int):
     """MetaSchedule tuning with a trial budget (slow on a small CPU: give it a budget)."""
     from tvm import relax
 
+    import tvm
+
+    # MetaSchedule needs the core count in the target; tune for the cores the user gave the harness
+    cfg = json.loads(str(tgt))
+    cfg.setdefault("num-cores", len(os.sched_getaffinity(0)))
+    tgt = tvm.target.Target(cfg)
     with tempfile.TemporaryDirectory(prefix="hwnas-ms-") as work_dir, tgt:
         pipeline = relax.get_pipeline("static_shape_tuning", target=tgt, work_dir=work_dir, total_trials=trials,
                                       max_trials_per_task=max(1, trials // 4))

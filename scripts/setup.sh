@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: system packages (where we may install them) and the venv.
+# Idempotent: a second run only checks. Called by `make demo` and `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+# System packages: Debian's adb client (checks the ADB test double against a real peer), dash
+# (device scripts run under a strict POSIX sh), the aarch64 cross compiler (TVM builds for phones).
+want="adb dash gcc-aarch64-linux-gnu"
+missing=""
+for pkg in $want; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing system packages:$missing"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  else
+    echo "setup: optional system packages missing:$missing (install them with apt-get as root; tests that need them skip)"
+  fi
+fi
+
+stamp=.venv/.hwnas-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  echo "setup: installing Python packages into .venv (first time: about 3 minutes)"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  # torch first, pinned: an unpinned resolve would pull a multi-GB CUDA build
+  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -q -e ".[test]"
+  touch "$stamp"
+fi

@@ -1,0 +1,99 @@
+"""Every backend compiles and runs a block and agrees with eager PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+
+from profiler.backends import BACKENDS, BackendUnavailable, get_backend
+from profiler.blocks import BlockSpec
+from profiler.compile import cached_artifact, compile_model
+
+KEYS = [
+    "expanded_conv-input:14x14x16-output:14x14x16-expand:3-kernel:5-stride:1-idskip:1",
+    "expanded_conv-input:14x14x16-output:7x7x24-expand:72-kernel:3-stride:2-idskip:0-se:1-hs:1",
+    "expanded_conv-input:8x8x16-output:8x8x16-expand:6-kernel:3-stride:1-idskip:1-groups:2",
+    "Conv-input:32x32x3-output:16x16x8",
+    "Logits-input:4x4x64-output:10",
+]
+
+
+def _eager(spec):
+    with torch.no_grad():
+        return spec.build()(spec.example_input()).numpy()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key", KEYS)
+def test_backend_matches_eager(backend, key, cache_dir):
+    be = get_backend(backend)
+    target = be.target_for("local")
+    art = compile_model(backend, key, target, {}, str(cache_dir))
+    from profiler.backends import Artifact
+
+    runner = be.load(Artifact.from_dict(art), "local", 1)
+    runner.run()
+    (out,) = runner.outputs()
+    np.testing.assert_allclose(out, _eager(BlockSpec.from_key(key)), rtol=1e-3, atol=1e-4)
+    ms = runner.timer(3)()
+    assert 0 < ms < 1000
+
+
+def test_cache_hit_is_reused(cache_dir):
+    be = get_backend("torch")
+    t = be.target_for("local")
+    a = compile_model("torch", KEYS[0], t, {}, str(cache_dir))
+    hit = cached_artifact("torch", KEYS[0], t, {}, cache_dir)
+    assert hit is not None and hit.path == a["path"]
+    # another option set is another entry
+    assert cached_artifact("torch", KEYS[0], t, {"per_op": True}, cache_dir) is None
+
+
+def test_executorch_per_op(cache_dir):
+    be = get_backend("executorch")
+    art = compile_model("executorch", KEYS[0], be.target_for("local"), {"per_op": True}, str(cache_dir))
+    from profiler.backends import Artifact
+
+    runner = be.load(Artifact.from_dict(art), "local", 1)
+    ops = runner.per_op(3)
+    assert ops, "the Inspector gave no events"
+    assert all(o["p50_ms"] is None or o["p50_ms"] >= 0 for o in ops)
+    assert any(o["p50_ms"] for o in ops)
+
+
+def test_tvm_cross_target_compiles_or_says_why(cache_dir, tmp_path):
+    be = get_backend("tvm")
+    target = be.target_for("local", cross="aarch64-linux")
+    from profiler.backends import CompileError
+
+    import shutil
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        with pytest.raises(CompileError, match="cross compiler"):
+            be.compile(BlockSpec.from_key(KEYS[3]), target, tmp_path / "x.so", {})
+    else:
+        be.compile(BlockSpec.from_key(KEYS[3]), target, tmp_path / "x.so", {})
+        assert (tmp_path / "x.so").read_bytes()[:4] == b"\x7fELF"
+
+
+def test_executorch_has_no_cuda():
+    with pytest.raises(BackendUnavailable):
+        get_backend("executorch").target_for("local:cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine; nothing is faked")
+@pytest.mark.parametrize("backend", ["torch", "tvm"])
+def test_cuda_backends_match_eager(backend, cache_dir):
+    be = get_backend(backend)
+    target = be.target_for("local:cuda")
+    art = compile_model(backend, KEYS[0], target, {}, str(cache_dir))
+    from profiler.backends import Artifact
+
+    runner = be.load(Artifact.from_dict(art), "local:cuda", 1)
+    runner.run()
+    np.testing.assert_allclose(runner.outputs()[0], _eager(BlockSpec.from_key(KEYS[0])), rtol=1e-3, atol=1e-3)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="known: executorch, tvm, torch"):
+        get_backend("tflite")

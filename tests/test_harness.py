@@ -1,0 +1,151 @@
+"""Profiling runs end to end: rows stored once, resume after SIGKILL, failures recorded, bad stores refused."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from profiler import Store, TimingProtocol, load_space, profile
+from profiler.blocks import BlockSpec
+from profiler.devices import DeviceError
+
+from conftest import ROOT, hwnas_cmd
+
+TINY = load_space("tiny").blocks()
+
+
+def test_profile_stores_every_block_once_and_rerun_skips(tmp_path, cache_dir):
+    db = tmp_path / "h.db"
+    r = profile(TINY, "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir)
+    assert (r.total, r.skipped, len(r.measured), len(r.failed)) == (len(TINY), 0, len(TINY), 0)
+    assert r.peak_gflops and r.peak_gflops > 0
+    with Store(db) as st:
+        df = st.dataframe()
+    assert sorted(df.block_key) == sorted(b.key for b in TINY)
+    row = df.iloc[0]
+    assert row.status == "ok" and len(row.samples_ms) == row.n >= 5
+    assert row.env_before["cores"] == r.config.cores and "loadavg" in row.env_after
+    assert row.versions["torch"]
+    again = profile(TINY, "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir)
+    assert (again.skipped, len(again.measured), again.compiled) == (len(TINY), 0, 0)
+
+
+def test_timeout_is_a_recorded_failure_and_retry_replaces_it(tmp_path, cache_dir):
+    db = tmp_path / "f.db"
+    blocks = TINY[:2]
+    hasty = TimingProtocol(**{**TimingProtocol.quick().to_dict(), "timeout_s": 0.001})
+    r = profile(blocks, "torch", db, protocol=hasty, cache_dir=cache_dir)
+    assert len(r.failed) == 2 and all(m.stage == "timeout" for m in r.failed)
+    with Store(db) as st:
+        df = st.dataframe()
+    assert list(df.status) == ["failed", "failed"] and df.error.str.contains("no result within").all()
+    # without --retry-failed the failures stay; with it they are measured and replaced, not duplicated
+    assert profile(blocks, "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir).skipped == 2
+    r = profile(blocks, "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir, retry_failed=True)
+    assert len(r.measured) == 2
+    with Store(db) as st:
+        df = st.dataframe()
+    assert len(df) == 2 and (df.status == "ok").all()
+
+
+def test_damaged_artifact_is_a_recorded_load_failure(tmp_path):
+    # a .pte cut short on disk: the real ExecuTorch runtime refuses it, and the row says why
+    cache = tmp_path / "cache"
+    block = TINY[-1]
+    from profiler.backends import get_backend
+    from profiler.compile import compile_model
+
+    be = get_backend("executorch")
+    art = compile_model("executorch", block.key, be.target_for("local"), {}, str(cache))
+    with open(art["path"], "r+b") as f:
+        f.truncate(64)
+    r = profile([block], "executorch", tmp_path / "l.db", protocol=TimingProtocol.quick(), cache_dir=cache)
+    assert len(r.failed) == 1 and r.failed[0].stage == "load"
+    assert r.failed[0].error
+    with Store(tmp_path / "l.db") as st:
+        row = st.dataframe().iloc[0]
+    assert row.status == "failed" and row.stage == "load" and row.median_ms is None and row.samples_ms == []
+
+
+def test_bad_device_is_refused_before_anything_is_stored(tmp_path):
+    db = tmp_path / "d.db"
+    with pytest.raises(DeviceError, match="unknown device"):
+        profile(TINY, "torch", db, device="phone")
+    assert not db.exists()
+
+
+def _run_cli(*args, **kw):
+    return subprocess.run(hwnas_cmd() + list(args), capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_measures_each_block_exactly_once(tmp_path, cache_dir):
+    db = tmp_path / "k.db"
+    env = {**os.environ, "HWNAS_CACHE_DIR": str(cache_dir)}
+    cmd = hwnas_cmd() + ["profile", "--space", "tiny", "--backend", "executorch", "--db", str(db), "--quick",
+                         "--json"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.time() + 240
+    stored = 0
+    while time.time() < deadline and p.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as c:
+                    stored = c.execute("SELECT COUNT(*) FROM measurements WHERE status='ok'").fetchone()[0]
+            except sqlite3.OperationalError:
+                stored = 0
+            if stored >= 3:
+                break
+        time.sleep(0.05)
+    assert p.poll() is None, "the run ended before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    with sqlite3.connect(db) as c:
+        n_killed = c.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+    assert 3 <= n_killed < len(TINY)
+    done = _run_cli("profile", "--space", "tiny", "--backend", "executorch", "--db", str(db), "--quick", "--json",
+                    env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)["summary"]
+    assert summary["already_stored"] == n_killed
+    assert summary["measured"] == len(TINY) - n_killed
+    with sqlite3.connect(db) as c:
+        keys = [r[0] for r in c.execute("SELECT block_key FROM measurements WHERE status='ok'")]
+    assert sorted(keys) == sorted(b.key for b in TINY)  # each exactly once
+
+
+@pytest.mark.parametrize("content", [b"this is not a database at all" * 100, None])
+def test_corrupt_or_foreign_store_is_refused_and_left_untouched(tmp_path, content):
+    db = tmp_path / "bad.db"
+    if content is None:
+        with sqlite3.connect(db) as c:
+            c.execute("CREATE TABLE users (name TEXT)")
+            c.execute("INSERT INTO users VALUES ('ada')")
+        words = "another program"
+    else:
+        db.write_bytes(content)
+        words = "not an SQLite database"
+    before = db.read_bytes()
+    r = _run_cli("profile", "--block", TINY[0].key, "--backend", "torch", "--db", str(db), "--quick")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "--db" in lines[0]
+    assert db.read_bytes() == before
+    assert not (tmp_path / "bad.db-wal").exists()
+
+
+def test_store_refuses_truncated_database(tmp_path, cache_dir):
+    db = tmp_path / "t.db"
+    profile(TINY[:1], "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir)
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2] + b"\0garbage" * 64)
+    from profiler.store import StoreError
+
+    with pytest.raises(StoreError):
+        Store(db)
