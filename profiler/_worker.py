@@ -26,8 +26,21 @@ def _configure(cores: list[int], threads: int) -> None:
     os.sched_setaffinity(0, cores)
 
 
-def serve(conn, cores: list[int], threads: int) -> None:
+def redirect_output(log_path: str | None) -> None:
+    """Send this process's stdout/stderr (C++ runtimes print there too) to a log file, so they do
+    not tear the harness's progress bars; failures still carry their reason to the parent."""
+    if not log_path:
+        return
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def serve(conn, cores: list[int], threads: int, log_path: str | None = None) -> None:
     """Entry point of the worker process."""
+    redirect_output(log_path)
     _configure(cores, threads)
     while True:
         try:
@@ -154,15 +167,15 @@ class WorkerFailed(RuntimeError):
 class TimingWorker:
     """Parent-side handle of the worker process."""
 
-    def __init__(self, cores: list[int], threads: int):
-        self.cores, self.threads = cores, threads
+    def __init__(self, cores: list[int], threads: int, log_path: str | None = None):
+        self.cores, self.threads, self.log_path = cores, threads, log_path
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._conn = None
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=serve, args=(child, self.cores, self.threads), daemon=True,
+        self._proc = self._ctx.Process(target=serve, args=(child, self.cores, self.threads, self.log_path), daemon=True,
                                        name="hwnas-timing")
         self._proc.start()
         child.close()
@@ -183,7 +196,8 @@ class TimingWorker:
             code = self._proc.exitcode
             self._kill()
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            raise WorkerFailed("crash", f"the timing worker died ({how})") from None
+            where = f"; its output is in {self.log_path}" if self.log_path else ""
+            raise WorkerFailed("crash", f"the timing worker died ({how}){where}") from None
         if not res.get("ok"):
             raise WorkerFailed(res.get("stage", "run"), res.get("error", "unknown error"))
         return res

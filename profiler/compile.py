@@ -27,6 +27,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "hwnas" / "artifacts"
 
 
+def log_path(cache: Path, role: str) -> str:
+    """Where worker processes write what the runtimes print (C++ warnings, tracebacks)."""
+    return str(Path(cache).parent / "logs" / f"{role}.log")
+
+
 def _model_from_text(text: str):
     from profiler.blocks import ArchSpec, BlockSpec
 
@@ -74,7 +79,10 @@ def compile_model(backend: str, model_text: str, target: str, options: dict[str,
     return art.to_dict()
 
 
-def _init_compile_worker() -> None:
+def _init_compile_worker(log_path: str | None) -> None:
+    from profiler._worker import redirect_output
+
+    redirect_output(log_path)
     # compile workers are low priority: they never share a core with a running timing worker
     # (compilation and timing do not overlap), but keep the machine responsive
     try:
@@ -99,12 +107,25 @@ def compile_many(backend: str, models: Iterable[Any], target: str, options: dict
             todo.append(m)
     if not todo:
         return
-    import multiprocessing as mp
+    broken = _pool_run(backend, todo, target, options, cache, jobs, on_done)
+    # a compiler that crashes (a segfault in a native pass) takes its pool down with it, and every
+    # pending future with it: compile those again one per process, so only the culprit fails
+    for m in broken:
+        if _pool_run(backend, [m], target, options, cache, 1, on_done):
+            on_done(m, None, "the compiler process crashed (see the compile log)", False)
 
-    text = {m: (m.to_json() if hasattr(m, "blocks") else m.key) for m in todo}
-    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(todo))), mp_context=mp.get_context("spawn"),
-                             initializer=_init_compile_worker) as pool:
-        futs = {pool.submit(compile_model, backend, text[m], target, options, str(cache)): m for m in todo}
+
+def _pool_run(backend: str, models: list[Any], target: str, options: dict[str, Any], cache: Path, jobs: int,
+              on_done: Callable[[Any, Artifact | None, str | None, bool], None]) -> list[Any]:
+    """Compile `models` in a process pool; returns the ones whose pool broke under them."""
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+
+    broken = []
+    text = {m: (m.to_json() if hasattr(m, "blocks") else m.key) for m in models}
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(models))), mp_context=mp.get_context("spawn"),
+                             initializer=_init_compile_worker, initargs=(log_path(cache, "compile"),)) as pool:
+        futs = {pool.submit(compile_model, backend, text[m], target, options, str(cache)): m for m in models}
         try:
             for fut in as_completed(futs):
                 m = futs[fut]
@@ -112,11 +133,15 @@ def compile_many(backend: str, models: Iterable[Any], target: str, options: dict
                     art = Artifact.from_dict(fut.result())
                 except CompileError as e:
                     on_done(m, None, str(e), False)
-                except Exception as e:  # a compile worker that died or raised something unexpected
-                    on_done(m, None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", False)
+                except BrokenProcessPool:
+                    broken.append(m)
+                except Exception as e:  # anything else the compiler raised: keep the reason
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    on_done(m, None, f"{type(e).__name__}: {msg}", False)
                 else:
                     on_done(m, art, None, False)
         except BaseException:
             for f in futs:
                 f.cancel()
             raise
+    return broken

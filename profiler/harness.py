@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from profiler.backends import Artifact, BackendUnavailable, get_backend
 from profiler.blocks import ArchSpec, BlockSpec, flops
-from profiler.compile import compile_many, default_cache_dir
+from profiler.compile import compile_many, default_cache_dir, log_path
 from profiler.devices import DeviceError, default_cores, format_cores, local_id, parse_cores, parse_device
 from profiler.measurement import Config, Measurement, TimingProtocol
 from profiler.stats import summarize
@@ -179,7 +179,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
 
     # 2. time each artifact in the pinned worker; store each row as soon as it is taken
     progress.phase("measure", len(artifacts))
-    with TimingWorker(core_list, config.threads) as worker:
+    with TimingWorker(core_list, config.threads, log_path(cache, "timing")) as worker:
         if res.peak_gflops is None:
             try:
                 pk = worker.call({"op": "peak"}, protocol.timeout_s)

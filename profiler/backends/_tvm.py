@@ -56,6 +56,8 @@ class TVMBackend(Backend):
             trials = int(options.get("tune_trials") or 0)
             if trials > 0:
                 mod = _tune(mod, tgt, trials)
+            elif tgt.kind.name in ("cuda", "opencl", "vulkan", "metal", "rocm"):
+                mod = _gpu_default_schedule(mod, tgt)
             ex = tvm.compile(mod, tgt)
         except Exception as e:  # TVM raises TVMError/RuntimeError/... from deep inside; keep the reason
             raise CompileError(f"tvm build failed: {type(e).__name__}: {_first_line(e)}") from e
@@ -79,6 +81,17 @@ class TVMBackend(Backend):
 def _canonical(tgt) -> str:
     # str(Target) is its JSON config in TVM 0.27; sorted keys make it a stable cache key
     return json.dumps(json.loads(str(tgt)), sort_keys=True)
+
+
+def _gpu_default_schedule(mod, tgt):
+    """GPU kernels need thread bindings: DLight's default rules give every kernel one."""
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    with tgt:
+        mod = relax.transform.LegalizeOps()(mod)
+        return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
 
 
 def _tune(mod, tgt, trials: int):
