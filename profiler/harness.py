@@ -7,6 +7,7 @@ where it stopped when started again. Compilation and timing never overlap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,19 @@ class ProfileResult:
     compiled: int = 0  # artifacts built in this run (not from the cache)
     peak_gflops: float | None = None
     wall_s: float = 0.0
+
+
+@contextlib.contextmanager
+def _harness_off(worker_cores: list[int]):
+    """Keep this (parent) process off the timing worker's cores while it times, where others exist."""
+    before = os.sched_getaffinity(0)
+    others = before - set(worker_cores)
+    if others:
+        os.sched_setaffinity(0, others)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _flops(model: Any) -> int:
@@ -179,7 +193,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
 
     # 2. time each artifact in the pinned worker; store each row as soon as it is taken
     progress.phase("measure", len(artifacts))
-    with TimingWorker(core_list, config.threads, log_path(cache, "timing")) as worker:
+    with _harness_off(core_list), TimingWorker(core_list, config.threads, log_path(cache, "timing")) as worker:
         if res.peak_gflops is None:
             try:
                 pk = worker.call({"op": "peak"}, protocol.timeout_s)
