@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable, Sequence
 from profiler.backends import Artifact, BackendUnavailable, get_backend
 from profiler.blocks import ArchSpec, BlockSpec, flops
 from profiler.compile import compile_many, default_cache_dir, log_path
-from profiler.devices import DeviceError, default_cores, format_cores, local_id, parse_cores, parse_device
+from profiler.devices import DeviceError, cpu_model, default_cores, format_cores, local_id, parse_cores, parse_device
 from profiler.measurement import Config, Measurement, TimingProtocol
 from profiler.stats import summarize
 from profiler.store import Store
@@ -138,6 +139,7 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         device_id = info["id"]
     else:
         device_id = local_id()
+    be.check_options({"tune_trials": tune_trials, "per_op": per_op})
     config = Config(dev.spec, device_id, backend, target, threads, format_cores(core_list))
     own_store = not isinstance(store, Store)
     st = Store(store) if own_store else store
@@ -163,6 +165,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
         options["tune_trials"] = int(tune_trials)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
+    host = {"cpu_model": cpu_model(), "machine": platform.machine(), "os": f"{platform.system()} {platform.release()}"}
 
     def record(m: Measurement) -> None:
         st.put(m)
@@ -219,7 +222,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
                     flops=_flops(model), compile_s=art.compile_s, wall_s=r["wall_s"],
                     flags=r["flags"] + _flags(r["env_before"], r["env_after"], protocol,
                                               len(os.sched_getaffinity(0))),
-                    env_before={**r["env_before"], "cores": config.cores, "threads": config.threads},
+                    env_before={**r["env_before"], **host, "cores": config.cores, "threads": config.threads},
                     env_after=r["env_after"], protocol=protocol.to_dict(), versions=versions, per_op=r["per_op"])
                 record(m)
             progress.advance("measure", model.key)

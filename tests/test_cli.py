@@ -61,3 +61,12 @@ def test_unknown_backend_is_refused_by_argparse(capsys):
         main(["profile", "--block", BLOCK, "--backend", "tflite"])
     assert e.value.code == 2
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("xgboost") is not None,
+                    reason="the tune extra is installed here")
+def test_tuning_without_the_tune_extra_says_how_to_get_it(capsys, tmp_path):
+    argv = ["profile", "--block", BLOCK, "--backend", "tvm", "--tune-trials", "8", "--db", str(tmp_path / "x.db")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hwnas[tune]" in err[0]

@@ -30,6 +30,7 @@ def test_profile_stores_every_block_once_and_rerun_skips(tmp_path, cache_dir):
     row = df.iloc[0]
     assert row.status == "ok" and len(row.samples_ms) == row.n >= 5
     assert row.env_before["cores"] == r.config.cores and "loadavg" in row.env_after
+    assert row.env_before["cpu_model"] and row.env_before["threads"] == 1
     assert row.versions["torch"]
     again = profile(TINY, "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir)
     assert (again.skipped, len(again.measured), again.compiled) == (len(TINY), 0, 0)

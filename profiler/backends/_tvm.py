@@ -77,6 +77,14 @@ class TVMBackend(Backend):
     def load(self, artifact: Artifact, device: str, threads: int) -> Runner:
         return _TVMRunner(artifact, device)
 
+    def check_options(self, options: dict[str, Any]) -> None:
+        import importlib.util
+
+        if int(options.get("tune_trials") or 0) > 0 and importlib.util.find_spec("xgboost") is None:
+            raise BackendUnavailable("--tune-trials needs MetaSchedule's cost model (xgboost): "
+                                     "pip install 'hwnas[tune]' (about 700 MB), or profile untuned with "
+                                     "--tune-trials 0")
+
 
 def _canonical(tgt) -> str:
     # str(Target) is its JSON config in TVM 0.27; sorted keys make it a stable cache key
@@ -107,7 +115,13 @@ def _tune(mod, tgt, trials: int):
     with tempfile.TemporaryDirectory(prefix="hwnas-ms-") as work_dir, tgt:
         pipeline = relax.get_pipeline("static_shape_tuning", target=tgt, work_dir=work_dir, total_trials=trials,
                                       max_trials_per_task=max(1, trials // 4))
-        return pipeline(mod)
+        tuned = pipeline(mod)
+        records = Path(work_dir) / "database_tuning_record.json"
+        if not records.exists() or not records.read_text().strip():
+            # MetaSchedule falls back to default schedules silently; a 'tuned' row must be tuned
+            raise CompileError(f"MetaSchedule found no valid schedule in {trials} trials (every candidate "
+                               "failed to build or run); raise --tune-trials or profile untuned")
+        return tuned
 
 
 def _fcompile_for(tgt: dict[str, Any]):

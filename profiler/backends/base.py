@@ -115,6 +115,9 @@ class Backend(abc.ABC):
     def load(self, artifact: Artifact, device: str, threads: int) -> Runner:
         """Load `artifact` in this (worker) process for `device`, with an example input bound."""
 
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise `BackendUnavailable` (before anything runs) when an option cannot work here."""
+
     def cache_id(self, key: str, target: str, options: dict[str, Any]) -> str:
         blob = json.dumps([1, self.name, key, target, self.versions(), sorted(options.items())], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
