@@ -28,9 +28,11 @@ stamp=.venv/.hwnas-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   echo "setup: installing Python packages into .venv (first time: about 3 minutes)"
-  .venv/bin/pip install -q --upgrade pip >/dev/null
+  # (sed drops this machine's notes about absent local index folders; pipefail keeps pip's status)
+  quiet() { "$@" 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'; }
+  quiet .venv/bin/pip install -q --upgrade pip
   # torch first, pinned: an unpinned resolve would pull a multi-GB CUDA build
-  .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[test]"
+  quiet .venv/bin/pip install -q "torch==2.13.0"
+  quiet .venv/bin/pip install -q -e ".[test]"
   touch "$stamp"
 fi
