@@ -100,6 +100,10 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
     p = msg["protocol"]
     t_start = time.perf_counter()
     runner = _load(msg, threads)
+    if msg["device"].startswith("rpc:"):
+        # TVM RPC gives no access to the device's /sys: record when, and say that nothing else is known
+        def env_snapshot(_cores):  # noqa: F811
+            return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "remote": "no readings over TVM RPC"}
     env_before = env_snapshot(cores)
 
     # warm-up: caches, lazy allocations, the runtime's first-call paths; never timed

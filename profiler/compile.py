@@ -70,7 +70,11 @@ def compile_model(backend: str, model_text: str, target: str, options: dict[str,
     out.parent.mkdir(parents=True, exist_ok=True)
     be = get_backend(backend)
     t0 = time.perf_counter()
-    extra = be.compile(model, target, out, options)
+    # build under a private name, then move: two processes compiling the same block (a device farm)
+    # or a compile killed half-way never leave a torn artifact under the final name
+    tmp_out = out.with_name(f"{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    extra = be.compile(model, target, tmp_out, options)
+    os.replace(tmp_out, out)
     art = Artifact(backend, target, key, str(out), time.perf_counter() - t0,
                    tuple(model.example_input().shape), extra)
     tmp = meta.with_name(meta.name + f".{os.getpid()}.tmp")

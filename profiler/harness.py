@@ -21,7 +21,7 @@ from profiler.compile import compile_many, default_cache_dir, log_path
 from profiler.devices import DeviceError, cpu_model, default_cores, format_cores, local_id, parse_cores, parse_device
 from profiler.measurement import Config, Measurement, TimingProtocol
 from profiler.stats import summarize
-from profiler.store import Store
+from profiler.store import Store, owner_id
 from profiler._worker import TimingWorker, WorkerFailed
 
 __all__ = ["profile", "ProfileResult", "Progress"]
@@ -98,7 +98,7 @@ def _flags(env_before: dict, env_after: dict, protocol: TimingProtocol, ncores: 
 def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store | str | Path,
             device: str = "local", threads: int = 1, cores: str | None = None,
             protocol: TimingProtocol | None = None, jobs: int | None = None, cache_dir: str | Path | None = None,
-            per_op: bool = False, tune_trials: int = 0, retry_failed: bool = False,
+            per_op: bool = False, tune_trials: int = 0, retry_failed: bool = False, cross: str | None = None,
             progress: Progress | None = None) -> ProfileResult:
     """Profile `models` with `backend` on `device` and write every result to `store`.
 
@@ -106,7 +106,7 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         models: blocks (or whole networks) to measure; duplicates are measured once.
         backend: "executorch", "tvm" or "torch".
         store: a `Store` or a path to the SQLite file.
-        device: "local" or "local:cuda" (phones and RPC devices are served by their own transports).
+        device: "local", "local:cuda", or "rpc:HOST:PORT/KEY" (a device behind a TVM RPC tracker; tvm only).
         threads: threads of the runtime during timing.
         cores: core list for the timing worker, e.g. "1" or "0-3"; default: the fastest `threads` cores.
         protocol: the timing protocol (`TimingProtocol()` by default).
@@ -114,6 +114,8 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         per_op: also record per-operator timings where the backend gives them (ExecuTorch ETDump).
         tune_trials: MetaSchedule trials per block for TVM (0: untuned default schedules).
         retry_failed: measure again the blocks whose stored row is a failure.
+        cross: build for another kind of device than the host ("aarch64-android", "aarch64-linux");
+            only with a remote device.
 
     Raises:
         DeviceError, BackendUnavailable, ValueError: bad device, backend or options (nothing stored).
@@ -122,15 +124,21 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
     progress = progress or Progress()
     protocol = protocol or TimingProtocol()
     dev = parse_device(device)
-    if dev.kind in ("adb", "rpc"):
-        raise DeviceError(f"{dev.spec}: {dev.kind} devices are not supported by this version of the profiler "
-                          "yet; profile local or local:cuda")
+    if dev.kind == "adb":
+        raise DeviceError(f"{dev.spec}: adb devices are not supported by this version of the profiler yet; "
+                          "profile local, local:cuda or rpc:HOST:PORT/KEY")
     if threads < 1:
         raise ValueError("threads must be at least 1")
+    if cross and dev.kind in ("local", "cuda"):
+        raise DeviceError(f"--cross {cross} builds for another device; name it with --device rpc:HOST:PORT/KEY")
     core_list = parse_cores(cores) if cores else default_cores(threads)
     be = get_backend(backend)
-    target = be.target_for(dev.spec)
-    if dev.kind == "cuda":
+    if dev.kind == "rpc" and be.name != "tvm":
+        raise BackendUnavailable(f"{dev.spec}: only the tvm backend runs through a TVM RPC tracker")
+    target = be.target_for(dev.spec, cross)
+    if dev.kind == "rpc":
+        device_id = f"rpc:{dev.key}@{dev.host}:{dev.port}"
+    elif dev.kind == "cuda":
         from profiler.devices import cuda_info
 
         info = cuda_info()
@@ -140,7 +148,9 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
     else:
         device_id = local_id()
     be.check_options({"tune_trials": tune_trials, "per_op": per_op})
-    config = Config(dev.spec, device_id, backend, target, threads, format_cores(core_list))
+    # a remote device's cores are the server's business; the local worker only holds the session
+    config = Config(dev.spec, device_id, backend, target, threads,
+                    "remote" if dev.kind == "rpc" else format_cores(core_list))
     own_store = not isinstance(store, Store)
     st = Store(store) if own_store else store
     try:
@@ -165,6 +175,8 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
         options["tune_trials"] = int(tune_trials)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
+    remote = config.device.startswith("rpc:")
+    owner = owner_id()
     host = {"cpu_model": cpu_model(), "machine": platform.machine(), "os": f"{platform.system()} {platform.release()}"}
 
     def record(m: Measurement) -> None:
@@ -197,7 +209,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
     # 2. time each artifact in the pinned worker; store each row as soon as it is taken
     progress.phase("measure", len(artifacts))
     with _harness_off(core_list), TimingWorker(core_list, config.threads, log_path(cache, "timing")) as worker:
-        if res.peak_gflops is None:
+        if res.peak_gflops is None and not remote:
             try:
                 pk = worker.call({"op": "peak"}, protocol.timeout_s)
                 st.put_peak(config.device_id, config.threads, config.cores, pk["gflops"], pk["method"])
@@ -207,6 +219,10 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
         for model in todo:
             art = artifacts.get(model)
             if art is None:
+                continue
+            if not st.claim(config, model.key, owner, protocol.timeout_s + 60, retry_failed):
+                res.skipped += 1  # measured, or being measured, by another process sharing this store
+                progress.advance("measure", model.key)
                 continue
             msg = {"op": "measure", "artifact": art.to_dict(), "device": config.device,
                    "protocol": protocol.to_dict(), "per_op": per_op}
@@ -222,9 +238,11 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
                     flops=_flops(model), compile_s=art.compile_s, wall_s=r["wall_s"],
                     flags=r["flags"] + _flags(r["env_before"], r["env_after"], protocol,
                                               len(os.sched_getaffinity(0))),
-                    env_before={**r["env_before"], **host, "cores": config.cores, "threads": config.threads},
+                    env_before={**r["env_before"], **({} if remote else host), "cores": config.cores, "threads": config.threads},
                     env_after=r["env_after"], protocol=protocol.to_dict(), versions=versions, per_op=r["per_op"])
                 record(m)
+            finally:
+                st.release(config, model.key, owner)
             progress.advance("measure", model.key)
     res.wall_s = time.perf_counter() - t_run
     return res

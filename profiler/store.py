@@ -48,6 +48,17 @@ CREATE TABLE IF NOT EXISTS measurements (
     created_at TEXT NOT NULL,
     UNIQUE (block_key, device_id, backend, target, threads, cores)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    block_key TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    target TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    cores TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    claimed_at REAL NOT NULL,
+    PRIMARY KEY (block_key, device_id, backend, target, threads, cores)
+);
 CREATE TABLE IF NOT EXISTS device_peaks (
     device_id TEXT NOT NULL,
     threads INTEGER NOT NULL,
@@ -111,6 +122,37 @@ class Store:
             list(row.values()))
         return cur.rowcount > 0
 
+    def claim(self, config: Config, block_key: str, owner: str, stale_s: float, retry_failed: bool = False) -> bool:
+        """Take `block_key` for measuring under `config`, unless it is stored already or another live
+        process holds it. Several profiling processes sharing one store (a device farm) use this so
+        that no block is measured twice. A claim whose owner died (same host, pid gone) or that is
+        older than `stale_s` seconds is taken over."""
+        ident = (block_key, config.device_id, config.backend, config.target, config.threads, config.cores)
+        where = "block_key=? AND device_id=? AND backend=? AND target=? AND threads=? AND cores=?"
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute(f"SELECT status FROM measurements WHERE {where}", ident).fetchone()
+            if row and (row[0] == "ok" or not retry_failed):
+                self._db.execute("COMMIT")
+                return False
+            held = self._db.execute(f"SELECT owner, claimed_at FROM claims WHERE {where}", ident).fetchone()
+            now = time.time()
+            if held and held[0] != owner and now - held[1] < stale_s and _alive(held[0]):
+                self._db.execute("COMMIT")
+                return False
+            self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*ident, owner, now))
+            self._db.execute("COMMIT")
+            return True
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def release(self, config: Config, block_key: str, owner: str) -> None:
+        self._db.execute("DELETE FROM claims WHERE block_key=? AND device_id=? AND backend=? AND target=? "
+                         "AND threads=? AND cores=? AND owner=?",
+                         (block_key, config.device_id, config.backend, config.target, config.threads, config.cores,
+                          owner))
+
     def put_peak(self, device_id: str, threads: int, cores: str, gflops: float, method: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO device_peaks VALUES (?, ?, ?, ?, ?, ?)",
                          (device_id, threads, cores, gflops, method, time.strftime("%Y-%m-%dT%H:%M:%S%z")))
@@ -171,6 +213,31 @@ class Store:
         else:
             raise ValueError(f"{out}: export to .parquet or .csv")
         return out
+
+
+def owner_id() -> str:
+    """Who holds a claim: this host and process."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    """False only when the owner is a process of this host that no longer exists."""
+    import os
+    import socket
+
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's claim: trust it until it is stale
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _to_row(m: Measurement) -> dict[str, Any]:

@@ -38,7 +38,11 @@ def register(sub) -> None:
     p.add_argument("--backend", required=True, choices=["executorch", "tvm", "torch"],
                    help="compiler/runtime: executorch (XNNPACK .pte), tvm (Relax, llvm), torch (eager baseline)")
     p.add_argument("--device", default="local",
-                   help="device: local (host CPU) or local:cuda (host GPU)")
+                   help="device: local (host CPU), local:cuda (host GPU), or rpc:HOST:PORT/KEY (a device behind "
+                        "a TVM RPC tracker; --backend tvm)")
+    p.add_argument("--cross", choices=["host", "aarch64-android", "aarch64-linux"],
+                   help="build for a remote device of another kind than this host (rpc devices; default: "
+                        "the host's own target)")
     p.add_argument("--db", default="hwnas.db", help="SQLite store file (created if missing)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads during timing (count)")
     p.add_argument("--cores", help="cores of the timing worker, e.g. 1 or 0-3 (default: the fastest "
@@ -213,7 +217,8 @@ def cmd_profile(args) -> int:
     try:
         res = profile(blocks, args.backend, store, device=args.device, threads=args.threads, cores=args.cores,
                       protocol=protocol, jobs=args.jobs, cache_dir=args.cache_dir, per_op=args.per_op,
-                      tune_trials=args.tune_trials, retry_failed=args.retry_failed, progress=prog)
+                      tune_trials=args.tune_trials, retry_failed=args.retry_failed, cross=args.cross,
+                      progress=prog)
     finally:
         if prog:
             prog.stop()

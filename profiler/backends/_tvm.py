@@ -25,7 +25,7 @@ class TVMBackend(Backend):
     def target_for(self, device: str, cross: str | None = None) -> str:
         import tvm
 
-        if cross:
+        if cross and cross != "host":
             if cross not in CROSS_TARGETS:
                 raise BackendUnavailable(f"tvm: unknown cross target {cross!r}; known: {', '.join(CROSS_TARGETS)}")
             return json.dumps(CROSS_TARGETS[cross], sort_keys=True)
@@ -63,15 +63,12 @@ class TVMBackend(Backend):
             raise CompileError(f"tvm build failed: {type(e).__name__}: {_first_line(e)}") from e
         fcompile = _fcompile_for(tgt_dict)
         try:
-            # write beside the final name, then move: a killed build never leaves half a library
-            tmp = out.with_name(out.name + ".tmp.so")
             if fcompile is None:
-                ex.export_library(str(tmp))
+                ex.export_library(str(out))
             else:
-                ex.export_library(str(tmp), fcompile=fcompile)
+                ex.export_library(str(out), fcompile=fcompile)
         except Exception as e:
             raise CompileError(f"tvm export_library failed: {type(e).__name__}: {_first_line(e)}") from e
-        os.replace(tmp, out)
         return {"tune_trials": int(options.get("tune_trials") or 0)}
 
     def load(self, artifact: Artifact, device: str, threads: int) -> Runner:
@@ -146,18 +143,59 @@ def _fcompile_for(tgt: dict[str, Any]):
     return cc.cross_compiler(gcc)
 
 
+#: seconds to wait for the tracker to hand out a session; a dead server that the tracker still
+#: lists makes a request hang, so every request has this bound
+RPC_REQUEST_TIMEOUT_S = float(os.environ.get("HWNAS_RPC_TIMEOUT_S", "60"))
+
+
+def request_session(host: str, port: int, key: str, timeout_s: float = RPC_REQUEST_TIMEOUT_S):
+    """A TVM RPC session for a device of `key` from the tracker at host:port, within `timeout_s`."""
+    import concurrent.futures as cf
+
+    from tvm import rpc
+
+    def ask():
+        tracker = rpc.connect_tracker(host, port)
+        return tracker.request(key, priority=1, session_timeout=0, max_retry=1)
+
+    pool = cf.ThreadPoolExecutor(max_workers=1)
+    fut = pool.submit(ask)
+    try:
+        return fut.result(timeout=timeout_s)
+    except cf.TimeoutError:
+        raise TimeoutError(f"no device of key {key!r} answered through the tracker at {host}:{port} within "
+                           f"{timeout_s:.0f} s (servers the tracker lists may be dead; check "
+                           f"`python -m tvm.exec.query_rpc_tracker --host {host} --port {port}`)") from None
+    except Exception as e:
+        raise ConnectionError(f"tracker {host}:{port}, key {key!r}: {_first_line(e)}") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
 class _TVMRunner(Runner):
     def __init__(self, artifact: Artifact, device: str):
         import tvm
         from tvm import relax
 
-        if json.loads(artifact.target).get("mtriple", "").startswith("aarch64") and \
-                os.uname().machine != "aarch64":
-            raise BackendUnavailable("tvm: an aarch64 library cannot run on this host; time it on the device")
-        self.dev = tvm.cuda(0) if device == "local:cuda" else tvm.cpu(0)
-        if not self.dev.exist:
-            raise BackendUnavailable(f"tvm: device {device} does not exist here")
-        self._lib = tvm.runtime.load_module(artifact.path)
+        from profiler.devices import parse_device
+
+        dev = parse_device(device)
+        kind = json.loads(artifact.target).get("kind", "llvm")
+        if dev.kind == "rpc":
+            # the library runs on the device behind the tracker: upload it and load it there
+            self._sess = request_session(dev.host, dev.port, dev.key)
+            self._sess.upload(artifact.path)
+            self._lib = self._sess.load_module(Path(artifact.path).name)
+            self.dev = {"opencl": self._sess.cl, "vulkan": self._sess.vulkan, "cuda": self._sess.cuda}.get(
+                kind, self._sess.cpu)(0)
+        else:
+            if json.loads(artifact.target).get("mtriple", "").startswith("aarch64") and \
+                    os.uname().machine != "aarch64":
+                raise BackendUnavailable("tvm: an aarch64 library cannot run on this host; time it on the device")
+            self.dev = tvm.cuda(0) if dev.kind == "cuda" else tvm.cpu(0)
+            if not self.dev.exist:
+                raise BackendUnavailable(f"tvm: device {device} does not exist here")
+            self._lib = tvm.runtime.load_module(artifact.path)
         self._vm = relax.VirtualMachine(self._lib, self.dev)
         import torch
 
