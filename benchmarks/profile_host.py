@@ -87,6 +87,10 @@ def main() -> int:
                 "flagged_rows": int(d1["flags"].map(bool).sum()),
                 "peak_gflops": round(float(cold["summary"]["peak_gflops"] or float("nan")), 1),
                 "threads": cold["summary"]["threads"], "cores": cold["summary"]["cores"],
+                "worst_disagreements": [
+                    {"block": k, "run1_ms": round(float(d1.loc[k, "median_ms"]), 4),
+                     "run2_ms": round(float(d2.loc[k, "median_ms"]), 4), "rel": round(float(rel[k]), 4)}
+                    for k in rel.sort_values(ascending=False).index[:5]],
             }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

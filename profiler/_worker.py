@@ -125,7 +125,8 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
     converged = False
     while True:
         samples.append(sample())
-        if len(samples) >= p["min_runs"] and median_rel_error(samples) <= p["target_rel_err"]:
+        if len(samples) >= p["min_runs"] and median_rel_error(samples) <= p["target_rel_err"] \
+                and _stable(samples, p["drift_bound"]):
             converged = True
             break
         if len(samples) >= p["max_runs"] or time.perf_counter() - t_timed > p["max_seconds"]:
@@ -136,6 +137,16 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
     per_op = runner.per_op(p["per_op_runs"]) if msg.get("per_op") else None
     return {"samples_ms": samples, "inner_runs": number, "env_before": env_before, "env_after": env_after,
             "flags": flags, "per_op": per_op, "wall_s": time.perf_counter() - t_start}
+
+
+def _stable(samples: list[float], bound: float) -> bool:
+    """The medians of the first and second half agree within `bound` (relative): no slow phase
+    (a neighbour's burst, a frequency step) sits in one half only."""
+    import numpy as np
+
+    h = len(samples) // 2
+    a, b = float(np.median(samples[:h])), float(np.median(samples[h:]))
+    return abs(a - b) <= bound * max(min(a, b), 1e-12)
 
 
 def _outputs(msg: dict[str, Any], threads: int) -> dict[str, Any]:

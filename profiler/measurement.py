@@ -13,8 +13,9 @@ class TimingProtocol:
     """How one block is timed (all durations in the unit their name gives).
 
     Warm up (never time a first call), batch calls so a sample lasts at least `min_sample_ms`,
-    then take samples until the median's relative standard error is below `target_rel_err`
-    (after at least `min_runs`), or until `max_runs` / `max_seconds` is reached, which is flagged.
+    then take samples until the median is stable: its relative standard error is below
+    `target_rel_err` and the medians of the first and second half agree within `drift_bound`
+    (after at least `min_runs`); or until `max_runs` / `max_seconds` is reached, which is flagged.
     """
 
     warmup_runs: int = 10
@@ -23,6 +24,7 @@ class TimingProtocol:
     max_runs: int = 300
     max_seconds: float = 6.0
     target_rel_err: float = 0.005
+    drift_bound: float = 0.02  # ... and the medians of the first and second half of the samples agree this well
     min_sample_ms: float = 2.0
     per_op_runs: int = 20
     freq_drop_share: float = 0.10  # flag when a pinned core's frequency fell by more than this share
@@ -36,7 +38,7 @@ class TimingProtocol:
     def quick(cls) -> "TimingProtocol":
         """For tests and smoke runs: fewer samples, looser bound."""
         return cls(warmup_runs=3, warmup_ms=5.0, min_runs=5, max_runs=20, max_seconds=1.0,
-                   target_rel_err=0.05, min_sample_ms=0.2, per_op_runs=3)
+                   target_rel_err=0.05, drift_bound=0.2, min_sample_ms=0.2, per_op_runs=3)
 
 
 @dataclass(frozen=True)
