@@ -1,0 +1,313 @@
+"""`hwnas fit`, `hwnas evaluate`, `hwnas predict`, `hwnas export-lut`: latency predictors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from hwnas.cli import UserError
+
+HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def register(sub) -> None:
+    from predictor._fit import MODELS
+
+    p = sub.add_parser("fit", help="fit a latency predictor to measured blocks or networks", formatter_class=HELP_FMT,
+                       description="Fit a latency predictor (ms) and save it as one JSON file. From a store or a "
+                                   "LUT: a hybrid by default (the measured latency where a block was measured, a "
+                                   "regression chosen by cross-validation elsewhere). From whole-network "
+                                   "measurements: per-block costs and a per-network overhead; with --db or --lut "
+                                   "too, only the overhead is fitted on top of the block predictor.")
+    src = p.add_argument_group("training data (--db or --lut, and/or --networks)")
+    src.add_argument("--db", help="SQLite store of measured blocks (`hwnas profile`)")
+    src.add_argument("--lut", help="a ProxylessNAS (count/mean/var) or Once-for-All (count/mean/std) LUT .yaml, ms")
+    src.add_argument("--networks", help="whole-network latencies: .jsonl lines {\"blocks\": [...], \"latency_ms\": x} "
+                                        "or .csv with the columns blocks (JSON list) and latency_ms")
+    p.add_argument("--device", default="local", help="with --db: the device spec whose rows to use")
+    p.add_argument("--backend", default="executorch", help="with --db: the backend whose rows to use")
+    p.add_argument("--threads", type=int, help="with --db: only rows timed with this many threads (count)")
+    p.add_argument("--model", default="hybrid", choices=MODELS,
+                   help="hybrid: table + CV-chosen regression; lut: exact keys only; regression: CV-chosen "
+                        "family only; or one family")
+    p.add_argument("--folds", default="5", help="cross-validation folds for choosing the family (count, or loo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the tree ensembles")
+    p.add_argument("--out", required=True, help="predictor file to write (.json)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="how accurate a predictor is (RMSE, MAPE, Kendall tau, vs a FLOPs baseline)",
+                       formatter_class=HELP_FMT,
+                       description="Score a saved predictor on measured blocks (--predictor with --db or --lut), "
+                                   "or cross-validate fresh models on them (--cv 5 or --cv loo). Relative errors "
+                                   "are fractions in --json (0.05 = 5 %%); latencies are ms. A FLOPs-proportional "
+                                   "model (a * FLOPs + b) fitted on the same folds is reported beside.")
+    p.add_argument("--predictor", help="a saved predictor (.json) to score")
+    p.add_argument("--db", help="SQLite store of measured blocks")
+    p.add_argument("--lut", help="a ProxylessNAS / Once-for-All LUT .yaml of measured blocks")
+    p.add_argument("--device", default="local", help="with --db: device spec")
+    p.add_argument("--backend", default="executorch", help="with --db: backend")
+    p.add_argument("--threads", type=int, help="with --db: thread count")
+    p.add_argument("--cv", help="cross-validate fresh models instead: a fold count (e.g. 5) or loo")
+    p.add_argument("--model", default="auto", help="with --cv: auto (chosen per fold) or one family "
+                                                   "(linear, loglinear, gbt, forest)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the tree ensembles")
+    p.add_argument("--plot", help="write a predicted-vs-measured scatter (PNG) here")
+    p.add_argument("--rows", action="store_true", help="with --json: include every row's prediction")
+    p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predicted latency (ms) of a network or of blocks", formatter_class=HELP_FMT)
+    p.add_argument("--predictor", required=True, help="a saved predictor (.json)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--arch", help="an arch.json (ArchSpec): the network latency, overhead included")
+    what.add_argument("--block", action="append", metavar="KEY", help="a block key; repeat for more")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export-lut", help="write a ProxylessNAS-format LUT (.yaml) of a space from a predictor",
+                       formatter_class=HELP_FMT,
+                       description="Predict every distinct block of a search space and write a ProxylessNAS "
+                                   "lookup table (key -> {count, mean, var}; mean in ms). count is the number of "
+                                   "samples behind a measured entry, 0 for a predicted one.")
+    p.add_argument("--predictor", required=True, help="a saved predictor (.json)")
+    p.add_argument("--space", required=True, help="search space name or a space .yaml file")
+    p.add_argument("--out", required=True, help="LUT file to write (.yaml)")
+    p.set_defaults(func=cmd_export_lut)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+def _user(fn: Callable, *a: Any, **kw: Any) -> Any:
+    """Call a library function; its input errors become one-line `UserError`s."""
+    from predictor import PredictorError, UnknownBlockError
+
+    try:
+        return fn(*a, **kw)
+    except UnknownBlockError as e:
+        raise UserError(str(e)) from None
+    except PredictorError as e:
+        raise UserError(str(e)) from None
+
+
+def _folds(text: str) -> int | str:
+    if text == "loo":
+        return "loo"
+    try:
+        k = int(text)
+    except ValueError:
+        raise UserError(f"folds {text!r}: give a count of at least 2, or loo") from None
+    if k < 2:
+        raise UserError(f"folds {k}: give a count of at least 2, or loo")
+    return k
+
+
+def _entries(args) -> tuple[dict, dict]:
+    """Measured blocks named by --db or --lut: (key -> Entry, metadata)."""
+    from predictor.io import read_lut_yaml, store_entries
+
+    if args.db and args.lut:
+        raise UserError("give --db or --lut, not both")
+    if args.db:
+        return _user(store_entries, args.db, device=args.device, backend=args.backend, threads=args.threads)
+    if args.lut:
+        if not Path(args.lut).exists():
+            raise UserError(f"{args.lut}: no such LUT file")
+        t = _user(read_lut_yaml, args.lut)
+        return t.entries, dict(t.meta)
+    return {}, {}
+
+
+def _load(path: str):
+    from predictor import load_predictor
+
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such predictor file (write one with `hwnas fit`)")
+    return _user(load_predictor, path)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# ---- fit ---------------------------------------------------------------------------------------
+
+def cmd_fit(args) -> int:
+    from predictor import fit_predictor, save_predictor
+    from predictor.io import read_networks
+    from predictor.network import fit_networks, fit_overhead
+    from predictor.regression import MIN_ROWS
+
+    if not (args.db or args.lut or args.networks):
+        raise UserError("name the training data: --db DB, --lut FILE.yaml or --networks FILE.jsonl")
+    folds = _folds(args.folds)
+    entries, meta = _entries(args)
+    if (args.db or args.lut) and len(entries) < MIN_ROWS and args.model != "lut":
+        raise UserError(f"{args.db or args.lut}: {len(entries)} measured block(s); a predictor needs at least "
+                        f"{MIN_ROWS} (profile a space, or use --model lut for a table of what is there)")
+    if entries:
+        pred = _user(fit_predictor, entries, args.model, folds, args.seed, meta)
+    else:
+        pred = None
+    if args.networks:
+        if not Path(args.networks).exists():
+            raise UserError(f"{args.networks}: no such file")
+        nets, y = _user(read_networks, args.networks)
+        meta = dict(meta, networks_source=args.networks)
+        pred = _user(fit_overhead, pred, nets, y) if pred is not None else _user(fit_networks, nets, y, meta=meta)
+    meta = dict(pred.meta, model=args.model, fitted_by="hwnas fit")
+    pred.meta = meta
+    if hasattr(pred, "regression"):
+        pred.regression.meta = meta
+    _user(save_predictor, pred, args.out)
+    reg = getattr(pred, "regression", pred)
+    summary = {"out": args.out, "predictor": pred.describe(), "overhead_ms": pred.overhead_ms,
+               "family": getattr(reg, "family", None), "cv": getattr(reg, "cv", {}),
+               "rows": len(entries), **{k: meta[k] for k in ("device", "backend", "threads") if k in meta}}
+    if args.json:
+        print(json.dumps(_clean(summary), indent=2))
+        return 0
+    print(f"wrote {args.out}: {pred.describe()}; per-network overhead {pred.overhead_ms:.4f} ms")
+    scores = summary["cv"].get("scores") if summary["cv"] else None
+    if scores:
+        _print_cv(scores, summary["family"], summary["cv"].get("folds"))
+    if args.networks and "residual_rms_ms" in pred.meta:
+        print(f"fitted from {pred.meta['networks']} networks ({pred.meta['distinct_blocks']} distinct blocks, "
+              f"rank {pred.meta['rank']}): residual RMS {pred.meta['residual_rms_ms']:.4f} ms")
+    return 0
+
+
+def _print_cv(scores: dict, chosen: str, folds: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"family chosen by {folds}-fold cross-validation (MAPE)", title_justify="left")
+    for c in ("family", "MAPE %", "RMSPE %", "within 10 %", "Kendall tau", ""):
+        t.add_column(c)
+    for fam, s in scores.items():
+        t.add_row(fam, f"{100 * s['mape']:.1f}", f"{100 * s['rmspe']:.1f}", f"{100 * s['within_10pct']:.0f} %",
+                  f"{s['kendall_tau']:.3f}", "chosen" if fam == chosen else "")
+    Console().print(t)
+
+
+# ---- evaluate -----------------------------------------------------------------------------------
+
+def cmd_evaluate(args) -> int:
+    from predictor.evaluate import cross_validate, plot, score
+    from profiler.blocks import BlockSpec
+
+    if not (args.db or args.lut):
+        raise UserError("name the measured blocks to evaluate on: --db DB or --lut FILE.yaml")
+    if bool(args.predictor) == bool(args.cv):
+        raise UserError("give --predictor P (score a saved predictor) or --cv 5|loo (cross-validate), one of them")
+    entries, meta = _entries(args)
+    keys = [k for k, e in entries.items() if e.mean_ms > 0]
+    blocks = [BlockSpec.from_key(k) for k in keys]
+    y = [entries[k].mean_ms for k in keys]
+    if args.cv:
+        ev = _user(cross_validate, blocks, y, args.model, _folds(args.cv), args.seed)
+    else:
+        pred = _load(args.predictor)
+        ev = _user(score, pred, blocks, y, 5, args.seed)
+    ev.how["data"] = args.db or args.lut
+    if args.plot:
+        plot(ev, args.plot, title=f"{args.db or args.lut}: " + (f"{args.cv}-fold CV" if args.cv and args.cv != "loo"
+                                                                 else "leave-one-out" if args.cv else args.predictor))
+    if args.json:
+        print(json.dumps(_clean(ev.to_dict(rows=args.rows)), indent=2))
+        return 0
+    s = ev.scores
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{ev.how.get('mode')} on {s['n']} blocks of {args.db or args.lut}", title_justify="left")
+    for c in ("model", "RMSE ms", "RMSPE %", "MAPE %", "within 5 %", "within 10 %", "Kendall tau"):
+        t.add_column(c)
+    name = ev.how.get("predictor") or f"regression ({args.model})"
+    for label, m in ((name, s), ("FLOPs baseline (a*FLOPs+b)", s["flops_baseline"])):
+        t.add_row(label, f"{m['rmse_ms']:.4f}", f"{100 * m['rmspe']:.1f}", f"{100 * m['mape']:.1f}",
+                  f"{100 * m['within_5pct']:.0f} %", f"{100 * m['within_10pct']:.0f} %", f"{m['kendall_tau']:.3f}")
+    Console().print(t)
+    if ev.how.get("seen_in_training"):
+        print(f"note: {ev.how['seen_in_training']} of {s['n']} blocks were in the predictor's training data; "
+              "use --cv for an out-of-sample estimate")
+    if "chosen_per_fold" in ev.how:
+        from collections import Counter
+
+        counts = Counter(ev.how["chosen_per_fold"])
+        print("family chosen per fold: " + ", ".join(f"{f} x{n}" for f, n in counts.most_common()))
+    if "selection" in ev.how:
+        print(f"family: {ev.how['selection']}")
+    if args.plot:
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+# ---- predict / export-lut -----------------------------------------------------------------------
+
+def cmd_predict(args) -> int:
+    from profiler.blocks import ArchSpec, BlockSpec
+
+    pred = _load(args.predictor)
+    if args.arch:
+        if not Path(args.arch).exists():
+            raise UserError(f"{args.arch}: no such file")
+        arch = ArchSpec.from_json(Path(args.arch).read_text(encoding="utf-8"))
+        blocks = list(arch.blocks)
+        per = _user(pred.predict_ms, blocks)
+        total = float(per.sum() + pred.overhead_ms)
+        out = {"latency_ms": total, "blocks_ms": float(per.sum()), "overhead_ms": pred.overhead_ms,
+               "arch": args.arch, "predictor": args.predictor}
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            print(f"{total:.4f} ms  ({len(blocks)} blocks {per.sum():.4f} ms + overhead {pred.overhead_ms:.4f} ms)")
+        return 0
+    blocks = [BlockSpec.from_key(k) for k in args.block]
+    per = _user(pred.predict_ms, blocks)
+    if args.json:
+        print(json.dumps({"latency_ms": float(per.sum()) if len(blocks) > 1 else float(per[0]),
+                          "blocks": [{"block_key": b.key, "latency_ms": float(v)} for b, v in zip(blocks, per)]},
+                         indent=2))
+    else:
+        for b, v in zip(blocks, per):
+            print(f"{v:.4f} ms  {b.key}")
+    return 0
+
+
+def cmd_export_lut(args) -> int:
+    from predictor.io import write_lut_yaml
+    from predictor.lut import Entry
+    from profiler.spaces import load_space
+
+    pred = _load(args.predictor)
+    space = load_space(args.space)
+    blocks = space.blocks()
+    ms = _user(pred.predict_ms, blocks)
+    table = getattr(pred, "entries", None) or getattr(getattr(pred, "table", None), "entries", {})
+    rows, measured = {}, 0
+    for b, v in zip(blocks, ms):
+        e = table.get(b.key)
+        if e is not None and e.count:
+            measured += 1
+            rows[b.key] = e
+        else:
+            rows[b.key] = Entry(float(v), 0, 0.0)
+    meta = pred.meta
+    header = (f"latency lookup table of space {space.name} (ProxylessNAS format: mean in ms, var in ms^2)\n"
+              f"predictor: {args.predictor} ({pred.describe()}); device {meta.get('device', '?')}, "
+              f"backend {meta.get('backend', '?')}\n"
+              f"{measured} of {len(rows)} entries measured (count > 0), the rest predicted (count 0)")
+    write_lut_yaml(args.out, rows, header)
+    print(f"wrote {args.out}: {len(rows)} blocks ({measured} measured, {len(rows) - measured} predicted)")
+    return 0

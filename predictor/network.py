@@ -1,0 +1,109 @@
+"""Network-level latency: the sum of block predictions plus a fitted per-network overhead.
+
+Two ways to fit, from whole-network measurements (block lists + one latency in ms each):
+
+- `fit_overhead`: keep a block predictor, fit only the overhead (the mean of measured - predicted sum).
+- `fit_networks`: no block measurements at all. Per-block costs are learned from the sums:
+
+      y_n = sum_j A[n, j] c_j + o        A[n, j] = how often block j occurs in network n
+
+  solved in two stages. (1) a linear law c_j = w . [MFLOPs, MB read, MB written, 1] (w >= 0), fitted
+  through the sums, which gives a cost to every block, seen or not; (2) per-block costs c_j >= 0
+  shrunk toward that law with a small ridge term (``ridge``, relative to the scale of A), so that
+  blocks the networks pin down get their own cost and the rest stay on the law. With more networks
+  than distinct blocks and enough variety, stage 2 recovers the true costs. The result is a
+  `HybridPredictor`: the learned costs as its table, the law as its regression, and the overhead.
+  When every network shares some blocks (stem, classifier) their costs and the overhead cannot be
+  told apart; their sum is still right, which is all a network prediction needs.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import numpy as np
+
+from predictor._base import Predictor, PredictorError
+from predictor.features import FEATURE_NAMES, features
+from predictor.lut import Entry, HybridPredictor, LookupTable
+from predictor.regression import _LINEAR_COLUMNS, RegressionPredictor
+from profiler.blocks import BlockSpec, unique
+
+__all__ = ["fit_networks", "fit_overhead"]
+
+
+def _check(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float]) -> np.ndarray:
+    y = np.asarray(y_ms, dtype=float)
+    if len(nets) != len(y):
+        raise PredictorError(f"{len(nets)} networks but {len(y)} latencies")
+    if len(nets) < 2:
+        raise PredictorError(f"fitting from whole networks needs at least 2 measured networks, got {len(nets)}")
+    if not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise PredictorError("network latencies must be positive, finite numbers of milliseconds")
+    return y
+
+
+def fit_overhead(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float]) -> Predictor:
+    """A copy of ``base`` whose per-network overhead (ms) is the mean of measured minus predicted sum.
+
+    Raises `UnknownBlockError` when ``base`` is a table that lacks a block of a network.
+    """
+    y = _check(nets, y_ms)
+    sums = np.array([np.sum(base.predict_ms(n)) for n in nets])
+    p = copy.copy(base)
+    p.overhead_ms = float(np.mean(y - sums))
+    p.meta = dict(base.meta, overhead_from_networks=len(nets),
+                  overhead_residual_rms_ms=float(np.sqrt(np.mean((y - sums - p.overhead_ms) ** 2))))
+    return p
+
+
+def fit_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float], ridge: float = 1e-5,
+                 meta: dict[str, Any] | None = None) -> HybridPredictor:
+    """Learn per-block costs and a per-network overhead from whole-network latencies (ms).
+
+    Raises:
+        PredictorError: fewer than 2 networks, a network of zero ops only, bad latencies.
+    """
+    from scipy.optimize import lsq_linear
+
+    y = _check(nets, y_ms)
+    nets = [[b for b in n if b.kind != "zero"] for n in nets]  # the zero op costs 0 ms by definition
+    if any(not n for n in nets):
+        raise PredictorError("a network row holds only zero ops; it has no block to learn a cost from")
+    blocks = unique(b for n in nets for b in n)
+    col = {b: j for j, b in enumerate(blocks)}
+    a = np.zeros((len(nets), len(blocks)))
+    for i, n in enumerate(nets):
+        for b in n:
+            a[i, col[b]] += 1
+    cols = [FEATURE_NAMES.index(c) for c in _LINEAR_COLUMNS]
+    phi = np.column_stack([features(blocks)[:, cols], np.ones(len(blocks))])
+
+    # stage 1: the linear law through the network sums; overhead unbounded (its sign is the data's)
+    m1 = np.column_stack([a @ phi, np.ones(len(nets))])
+    scale = np.maximum(np.abs(m1).max(axis=0), 1e-12)
+    inf = np.inf
+    r1 = lsq_linear(m1 / scale, y, bounds=([0] * phi.shape[1] + [-inf], [inf] * (phi.shape[1] + 1)))
+    sol1 = r1.x / scale
+    w, o1 = sol1[:-1], sol1[-1]
+    prior = phi @ w
+
+    # stage 2: per-block costs, shrunk toward the law; lam is relative to the mean squared column of A
+    lam = ridge * float(np.sum(a ** 2)) / max(len(blocks), 1)
+    s = np.sqrt(lam)
+    m2 = np.vstack([np.column_stack([a, np.ones(len(nets))]),
+                    np.column_stack([s * np.eye(len(blocks)), np.zeros(len(blocks))])])
+    rhs = np.concatenate([y, s * prior])
+    r2 = lsq_linear(m2, rhs, bounds=([0] * len(blocks) + [-inf], [inf] * (len(blocks) + 1)))
+    costs, overhead = r2.x[:-1], float(r2.x[-1])
+
+    fitted = a @ costs + overhead
+    info = {"fitted_from": "networks", "networks": len(nets), "distinct_blocks": len(blocks),
+            "rank": int(np.linalg.matrix_rank(np.column_stack([a, np.ones(len(nets))]))),
+            "ridge": ridge, "residual_rms_ms": float(np.sqrt(np.mean((fitted - y) ** 2))),
+            "law_overhead_ms": float(o1)}
+    law = RegressionPredictor("linear", {"columns": list(_LINEAR_COLUMNS), "coef": w[:-1].tolist(),
+                                         "intercept": float(w[-1])})
+    table = LookupTable({b.key: Entry(float(c)) for b, c in zip(blocks, costs)}, source="costs learned from networks")
+    return HybridPredictor(table, law, overhead_ms=overhead, meta=dict(meta or {}, **info))
