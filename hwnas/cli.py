@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 #: command modules; each defines register(subparsers) and sets `func` on its parsers
-COMMAND_MODULES = ("hwnas.commands.profile",)
+COMMAND_MODULES = ("hwnas.commands.profile", "hwnas.commands.search", "hwnas.commands.predict")
 
 
 class UserError(Exception):
@@ -37,8 +37,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from profiler.devices import DeviceError
     from profiler.spaces import SpaceError
     from profiler.store import StoreError
+    from predictor import PredictorError
+    from search.latency import SearchError
 
-    return (UserError, BackendUnavailable, BlockKeyError, DeviceError, SpaceError, StoreError, FileNotFoundError)
+    return (UserError, BackendUnavailable, BlockKeyError, DeviceError, SpaceError, StoreError, PredictorError,
+            SearchError, FileNotFoundError)
+
+
+#: what an interrupt leaves behind, per command
+_INTERRUPTED = {
+    "profile": "every measurement taken so far is stored; run the same command to resume",
+    "search": "the last epoch's checkpoint is in the run folder; add --resume to go on from it",
+    "train": "training keeps no checkpoint yet; run the same command to start it again",
+    "run": "finished stages are kept in the run folder; run the same command to resume",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("hwnas: interrupted; every measurement taken so far is stored, run the same command to resume",
-              file=sys.stderr)
+        left = _INTERRUPTED.get(args.command, "nothing was half-written")
+        print(f"hwnas {args.command}: interrupted; {left}", file=sys.stderr)
         return 130
     except _user_errors() as e:
         print(f"hwnas {args.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,167 @@
+"""The edge x op latency table, expected latency and the latency losses of ProxylessNAS
+(Cai, Zhu, Han, ICLR 2019, arXiv 1812.00332, section 3.3 and appendix).
+
+The table is built once from a predictor (anything with ``predict_ms(blocks) -> array``): one row
+per searchable layer with the predicted latency of each candidate (the zero op costs 0 ms), plus
+the fixed layers' sum as a constant. No block key is looked up inside the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from profiler.blocks import BlockSpec
+from profiler.spaces import SearchSpace
+
+__all__ = ["LatencyPredictor", "LatencyTable", "latency_loss", "StoredMedians", "SearchError", "LOSSES"]
+
+LOSSES = ("add", "mul")
+
+
+class SearchError(ValueError):
+    """Bad input to a search (target, predictor, data, checkpoint): one line that says what to do."""
+
+
+@runtime_checkable
+class LatencyPredictor(Protocol):
+    """What the search needs from a predictor: latency in ms of each block (zero op -> 0).
+    Raises a `KeyError`-derived error for a block it cannot predict."""
+
+    def predict_ms(self, blocks: Sequence[BlockSpec]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Predicted latency (ms, batch 1) of every candidate of every searchable layer.
+
+    Attributes:
+        layers: per searchable layer, a float64 array of shape (candidates,) in ms.
+        fixed_ms: sum over the fixed layers (stem, first block, final conv, classifier), ms.
+    """
+
+    layers: tuple[np.ndarray, ...]
+    fixed_ms: float
+
+    @classmethod
+    def build(cls, space: SearchSpace, predictor: LatencyPredictor) -> "LatencyTable":
+        """Ask the predictor once for every block of the space.
+
+        Raises `SearchError` (one line) when the predictor lacks a block or returns a bad value.
+        """
+        blocks = [b for b in space.blocks(include_zero=False)]
+        try:
+            ms = np.asarray(predictor.predict_ms(blocks), dtype=float)
+        except KeyError as e:
+            raise SearchError(f"the predictor has no latency for a candidate of {space.name!r} ({_key_of(e)}); "
+                              f"profile the space (`hwnas profile --space {space.name} ...`) and fit it again") from None
+        if ms.shape != (len(blocks),):
+            raise SearchError(f"the predictor returned {ms.shape} values for {len(blocks)} blocks")
+        bad = [b.key for b, v in zip(blocks, ms) if not (np.isfinite(v) and v >= 0)]
+        if bad:
+            raise SearchError(f"the predictor gave no usable latency (NaN, negative) for {bad[0]}"
+                              + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+        by_block = dict(zip(blocks, ms))
+
+        def lat(b: BlockSpec) -> float:
+            return 0.0 if b.kind == "zero" else float(by_block[b])
+
+        rows, fixed = [], 0.0
+        for layer in space.layers:
+            if layer.searchable:
+                rows.append(np.array([lat(c) for c in layer.candidates]))
+            else:
+                fixed += lat(layer.candidates[0])
+        return cls(tuple(rows), fixed)
+
+    def min_ms(self) -> float:
+        """The fastest network the space can make: sum of per-layer minima + fixed (ms)."""
+        return float(sum(r.min() for r in self.layers) + self.fixed_ms)
+
+    def max_ms(self) -> float:
+        return float(sum(r.max() for r in self.layers) + self.fixed_ms)
+
+    def arch_ms(self, choices: Sequence[int]) -> float:
+        """Predicted latency of the network that takes ``choices[i]`` at searchable layer i (ms)."""
+        return float(sum(r[c] for r, c in zip(self.layers, choices, strict=True)) + self.fixed_ms)
+
+    def expected_ms(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """E[LAT] = sum over layers of sum_j p_j F(o_j) + fixed (ms); differentiable in ``probs``."""
+        total = torch.tensor(self.fixed_ms, dtype=torch.float32)
+        for p, r in zip(probs, self.layers, strict=True):
+            total = total + (p * torch.as_tensor(r, dtype=p.dtype)).sum()
+        return total
+
+
+def latency_loss(ce: torch.Tensor, lat_ms: torch.Tensor, kind: str = "add", lam: float = 0.1,
+                 target_ms: float | None = None, beta: float = 0.3) -> torch.Tensor:
+    """The search loss from the cross-entropy ``ce`` and the (expected) latency ``lat_ms``.
+
+    - ``"add"``: ``CE + lam * LAT`` (ProxylessNAS eq. in section 3.3; ``lam`` in 1/ms).
+    - ``"mul"``: ``CE * (log LAT / log T)^beta`` with T = ``target_ms``; ``beta`` defaults to 0.3,
+      the reference implementation's default. Needs T > 1 ms (log T > 0).
+    """
+    if kind == "add":
+        return ce + lam * lat_ms
+    if kind == "mul":
+        if target_ms is None or target_ms <= 1.0:
+            raise SearchError("the multiplicative loss needs --target-ms above 1 ms (log T must be positive)")
+        return ce * (torch.log(lat_ms) / math.log(target_ms)) ** beta
+    raise SearchError(f"unknown latency loss {kind!r}; known: {', '.join(LOSSES)}")
+
+
+def check_target(table: LatencyTable, target_ms: float | None) -> None:
+    """Refuse a target below the fastest network the space can make."""
+    if target_ms is None:
+        return
+    lo = table.min_ms()
+    if target_ms < lo:
+        raise SearchError(f"target {target_ms:g} ms is below the fastest network this space can make "
+                          f"({lo:.4g} ms predicted); raise --target-ms")
+
+
+def _key_of(e: KeyError) -> str:
+    return str(e.args[0]) if e.args else "unknown block"
+
+
+class StoredMedians:
+    """A predictor made of stored medians (ms): one row per block key of one backend on one device.
+
+    For searches without a fitted predictor (``--db DB --backend B``). The zero op costs 0 ms;
+    a block not in the store raises `KeyError`.
+    """
+
+    def __init__(self, table: dict[str, float], source: str = ""):
+        self.table = dict(table)
+        self.source = source
+
+    @classmethod
+    def from_store(cls, db: str | Path, backend: str, device: str | None = "local",
+                   threads: int | None = None) -> "StoredMedians":
+        from profiler.store import Store
+
+        if not Path(db).exists():
+            raise SearchError(f"{db}: no such store; profile the space first (`hwnas profile --db {db} ...`)")
+        with Store(db, create=False) as st:
+            df = st.dataframe(status="ok", backend=backend, device=device, threads=threads, kind="block")
+        if df.empty:
+            raise SearchError(f"{db}: no measured blocks for backend {backend!r} on device {device!r}")
+        cfgs = df.groupby(["device_id", "threads", "cores"]).ngroups
+        if cfgs > 1:
+            raise SearchError(f"{db}: {cfgs} configurations (device, threads, cores) for backend {backend!r}; "
+                              "narrow with --device / --threads")
+        return cls(dict(zip(df.block_key, df.median_ms.astype(float))), f"{db} ({backend}, {device})")
+
+    def predict_ms(self, blocks: Sequence[BlockSpec]) -> np.ndarray:
+        out = []
+        for b in blocks:
+            if b.kind == "zero":
+                out.append(0.0)
+            else:
+                out.append(self.table[b.key])
+        return np.asarray(out, dtype=float)

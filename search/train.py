@@ -1,0 +1,514 @@
+"""The search loop (ProxylessNAS, Cai, Zhu, Han, ICLR 2019, section 3 and appendix) and the
+from-scratch training of a found network.
+
+Search: ``warmup_epochs`` epochs of weight steps only (paths sampled from the uniform initial
+``p``), then weight steps on the train split alternating with architecture steps on the held-out
+(valid) split, one every ``arch_every`` weight steps. Weights: SGD, momentum 0.9, Nesterov,
+cosine learning rate per step; architecture: Adam (lr 1e-3, betas (0, 0.999)): the reference's
+defaults. A checkpoint is written after every epoch; `run_search(..., resume=True)` continues
+after the last complete epoch with the same random streams, so a resumed run ends where an
+uninterrupted one would.
+
+Data-parallel under ``torchrun``: when ``WORLD_SIZE > 1`` the process group is set up (gloo on
+CPU, NCCL on CUDA), the weights are wrapped in `DistributedDataParallel`, each rank reads its shard,
+and the architecture logits' gradients are averaged by hand; the paths are drawn from a generator
+seeded the same on every rank, so every rank samples the same network at every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from profiler.blocks import ArchSpec
+from profiler.spaces import load_space
+from search.data import load_data
+from search.latency import LatencyPredictor, LatencyTable, SearchError, check_target, latency_loss
+from search.supernet import MODES, Supernet
+
+__all__ = ["SearchConfig", "SearchProgress", "run_search", "train_arch", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+_CKPT_VERSION = 1
+
+
+@dataclass
+class SearchConfig:
+    """Options of one search; units in the names or the comments."""
+
+    space: str
+    data: str
+    out: str
+    epochs: int = 10
+    warmup_epochs: int = 0
+    batch_size: int = 64
+    lr: float = 0.025  # weights, initial (cosine to 0)
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    arch_lr: float = 1e-3
+    arch_betas: tuple[float, float] = (0.0, 0.999)
+    arch_every: int = 5  # weight steps per architecture step
+    mode: str = "binary"  # binary | reinforce | all
+    loss: str = "add"  # add | mul
+    lam: float = 0.1  # additive loss weight, 1/ms
+    beta: float = 0.3  # multiplicative loss exponent
+    target_ms: float | None = None
+    seed: int = 0
+    augment: str = "auto"
+    limit: int | None = None  # use only this many images of the data set (count)
+    baseline_decay: float = 0.99  # REINFORCE moving-average baseline
+    predictor: str = ""  # description of the predictor, recorded in arch.json
+    threads: int = 1  # torch intra-op threads (count); more than the free cores makes steps far slower
+
+    # options that may differ between a run and its resumption
+    _RESUMABLE = ("out", "predictor", "threads")
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise SearchError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise SearchError("need epochs >= 1 and 0 <= warmup epochs <= epochs")
+        if self.batch_size < 1 or self.arch_every < 1:
+            raise SearchError("batch size and --arch-every must be at least 1")
+        if self.loss == "mul" and (self.target_ms is None or self.target_ms <= 1.0):
+            raise SearchError("the multiplicative loss needs --target-ms above 1 ms (log T must be positive); "
+                              "use --loss add for faster targets")
+        if self.loss not in ("add", "mul"):
+            raise SearchError(f"unknown loss {self.loss!r}; known: add, mul")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["arch_betas"] = list(self.arch_betas)
+        return d
+
+
+class SearchProgress:
+    """Callbacks of a search (the CLI draws rich bars with them); all optional."""
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, phase: str) -> None: ...
+
+    def step(self) -> None: ...
+
+    def epoch_end(self, row: dict[str, Any]) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+# ---- distributed --------------------------------------------------------------------------
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist_setup() -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return _Dist(world, dist.get_rank(), device)
+
+
+def _allreduce_mean(tensors: list[torch.Tensor], d: _Dist) -> None:
+    if d.world <= 1:
+        return
+    import torch.distributed as dist
+
+    for t in tensors:
+        dist.all_reduce(t)
+        t.div_(d.world)
+
+
+def _allreduce_sum(values: list[float], d: _Dist) -> list[float]:
+    if d.world <= 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _loader(ds, batch: int, shuffle: bool, seed: int, epoch: int, d: _Dist, drop_last: bool) -> DataLoader:
+    """Shuffled per epoch from (seed, epoch): a resumed epoch reads the same batches."""
+    if d.world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(ds, d.world, d.rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler.set_epoch(epoch)
+        return DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=g, drop_last=drop_last)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_log(rows: list[dict[str, Any]], out: Path) -> None:
+    (out / "log.json").write_text(json.dumps(rows, indent=1))
+    if rows:
+        cols = list(rows[0])
+        with open(out / "log.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+
+
+def _load_checkpoint(path: Path, cfg: SearchConfig) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: say which and what to do
+        raise SearchError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to start again") from None
+    if not isinstance(ck, dict) or ck.get("version") != _CKPT_VERSION:
+        raise SearchError(f"{path}: not a search checkpoint of this version; delete it to start again")
+    old, new = ck["config"], cfg.to_dict()
+    for k in new:
+        if k not in SearchConfig._RESUMABLE and old.get(k) != new[k]:
+            raise SearchError(f"{path} was written with {k}={old.get(k)!r}, not {new[k]!r}; "
+                              "resume with the same options or choose another --out")
+    return ck
+
+
+# ---- the search --------------------------------------------------------------------------------
+
+@dataclass
+class SearchResult:
+    arch: ArchSpec
+    log: list[dict[str, Any]]
+    out: Path
+    resumed_from: int | None  # the first epoch run by this call, when resumed
+    table: LatencyTable
+
+
+@contextlib.contextmanager
+def _calibrated_bn(net: Supernet, choices: list[int], calib, d: _Dist, batches: int = 10):
+    """Run the network ``choices`` with its BatchNorm statistics re-estimated on ``batches``
+    training batches; the supernet's statistics (which mix every sampled path) are put back on
+    exit, so training and a resumed run are not disturbed (subnetwork BN calibration, as in
+    Once-for-All, Cai et al., ICLR 2020)."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
+             for m in bns]
+    try:
+        with torch.no_grad(), net.fixed_paths(choices):
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the calibration batches
+            net.train()
+            for i, (x, _) in enumerate(calib):
+                if i >= batches:
+                    break
+                net(x.to(d.device))
+            net.eval()
+            yield
+    finally:
+        for m, (mean, var, n, mom) in zip(bns, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(n)
+            m.momentum = mom
+        net.train()
+
+
+def _accuracy(net: Supernet, ds, batch: int, d: _Dist) -> float:
+    """Top-1 accuracy (share) of ``net`` as it is set (paths fixed, eval mode) on ``ds``."""
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in DataLoader(ds, batch_size=max(batch, 128)):
+            x, y = x.to(d.device), y.to(d.device)
+            correct += int((net(x).argmax(1) == y).sum())
+            total += len(y)
+    return correct / max(total, 1)
+
+
+def run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool = False,
+               progress: SearchProgress | None = None) -> SearchResult:
+    """Search ``cfg.space`` on ``cfg.data`` with the latency of ``predictor``; write ``cfg.out``.
+
+    Refuses (`SearchError`, before any training) a target below the fastest network the space can
+    make, a predictor that lacks a candidate, a data set it cannot read.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, cfg.threads))
+    try:
+        return _run_search(cfg, predictor, resume, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool,
+                progress: SearchProgress | None) -> SearchResult:
+    progress = progress or SearchProgress()
+    cfg.check()
+    space = load_space(cfg.space)
+    table = LatencyTable.build(space, predictor)
+    check_target(table, cfg.target_ms)
+    data = load_data(cfg.data, space.input_size, space.in_channels, cfg.seed, cfg.augment, cfg.limit)
+    if data.num_classes > space.num_classes:
+        raise SearchError(f"{cfg.data} has {data.num_classes} classes; the space {space.name!r} classifies "
+                          f"{space.num_classes}")
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise SearchError(f"{out} holds a search checkpoint; pass --resume to continue it or choose another --out")
+    d = _dist_setup()
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed + d.rank)  # augmentations
+    net = Supernet(space, cfg.mode, cfg.seed).to(d.device)
+    weights, alphas = net.weight_parameters(), net.arch_parameters()
+    w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    a_opt = torch.optim.Adam(alphas, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas), eps=1e-8)
+    steps_per_epoch = len(_loader(data.train, cfg.batch_size, True, cfg.seed, 0, d, True))
+    if steps_per_epoch == 0:
+        raise SearchError(f"{cfg.data}: fewer training images than one batch ({cfg.batch_size}); lower --batch-size")
+    if len(data.valid) < d.world:
+        raise SearchError(f"{cfg.data}: too few images for a held-out split ({len(data.valid)}); give more images")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(cfg.seed)  # path sampling: the same stream on every rank
+    baseline: float | None = None
+    log: list[dict[str, Any]] = []
+    start = 0
+    if resume and ckpt_path.exists():
+        ck = _load_checkpoint(ckpt_path, cfg)
+        net.load_state_dict(ck["net"])
+        w_opt.load_state_dict(ck["w_opt"])
+        a_opt.load_state_dict(ck["a_opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"][d.rank] if d.rank < len(ck["torch_rng"]) else ck["torch_rng"][0])
+        baseline, log, start = ck["baseline"], list(ck["log"]), int(ck["epoch"]) + 1
+        progress.message(f"resuming {out} after epoch {start - 1} of {cfg.epochs}")
+    resumed_from = start if resume and start > 0 else None
+
+    model: nn.Module = net
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # the logits are updated by hand (binary gates, masks, rescaling); keep them out of DDP
+        DDP._set_params_and_buffers_to_ignore_for_model(net, [n for n, _ in net.named_parameters() if n.endswith("alpha")])
+        model = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+                    find_unused_parameters=True)
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        warm = epoch < cfg.warmup_epochs
+        train_loader = _loader(data.train, cfg.batch_size, True, cfg.seed, epoch, d, True)
+        valid_iter = _cycle(lambda e=epoch: _loader(data.valid, cfg.batch_size, True, cfg.seed + 1, e, d, False))
+        progress.epoch_start(epoch, cfg.epochs, len(train_loader), "warm-up" if warm else "search")
+        sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "arch_steps": 0.0, "arch_loss": 0.0}
+        for step, (x, y) in enumerate(train_loader):
+            x, y = x.to(d.device), y.to(d.device)
+            # -- weight step: one sampled path per layer (all paths in the DARTS baseline)
+            if cfg.mode != "all":
+                net.sample_paths(gen)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            w_opt.step()
+            sched.step()
+            for a in alphas:
+                a.grad = None
+            sums["loss"] += float(loss.detach()) * len(y)
+            sums["correct"] += float((logits.argmax(1) == y).sum())
+            sums["seen"] += len(y)
+            # -- architecture step on the held-out split
+            if not warm and (step + 1) % cfg.arch_every == 0:
+                xv, yv = next(valid_iter)
+                al, baseline = _arch_step(net, cfg, table, a_opt, gen, xv.to(d.device), yv.to(d.device), d, baseline)
+                sums["arch_loss"] += al
+                sums["arch_steps"] += 1
+            progress.step()
+        loss_sum, correct, seen = _allreduce_sum([sums["loss"], sums["correct"], sums["seen"]], d)
+        choices = net.argmax_choices()
+        with torch.no_grad():
+            exp_ms = float(table.expected_ms(net.probs()))
+        with _calibrated_bn(net, choices, _loader(data.train, cfg.batch_size, True, cfg.seed + 2, epoch, d, True), d):
+            test_acc = _accuracy(net, data.test, cfg.batch_size, d)
+        row = {"epoch": epoch, "phase": "warm-up" if warm else "search",
+               "train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
+               "test_acc": round(test_acc, 5),
+               "expected_ms": round(exp_ms, 5), "argmax_ms": round(table.arch_ms(choices), 5),
+               "arch_steps": int(sums["arch_steps"]),
+               "arch_loss": round(sums["arch_loss"] / sums["arch_steps"], 5) if sums["arch_steps"] else None,
+               "lr": round(sched.get_last_lr()[0], 6), "choices": choices,
+               "seconds": round(time.perf_counter() - t0, 2)}
+        log.append(row)
+        if d.main:
+            _write_log(log, out)
+            rng = [torch.get_rng_state()]
+            _save_atomic({"version": _CKPT_VERSION, "config": cfg.to_dict(), "epoch": epoch,
+                          "net": net.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                          "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": rng,
+                          "baseline": baseline, "log": log}, ckpt_path)
+        progress.epoch_end(row)
+
+    choices = net.argmax_choices()
+    last = log[-1]
+    arch = net.derive(meta={
+        "predicted_ms": round(table.arch_ms(choices), 6), "expected_ms": last["expected_ms"],
+        "fastest_ms": round(table.min_ms(), 6), "slowest_ms": round(table.max_ms(), 6),
+        "target_ms": cfg.target_ms, "loss": cfg.loss, "mode": cfg.mode, "predictor": cfg.predictor,
+        "data": cfg.data, "test_acc_supernet": last["test_acc"], "epochs": cfg.epochs})
+    net_ms = getattr(predictor, "predict_network_ms", None)  # optional: block sum + per-network overhead
+    if net_ms is not None:
+        try:
+            arch.meta["predicted_network_ms"] = round(float(net_ms(arch)), 6)
+        except (KeyError, ValueError, TypeError):
+            pass  # the block sum above stays the prediction
+    if d.main:
+        (out / "arch.json").write_text(arch.to_json())
+        # the found network's weights, with BatchNorm statistics of its own
+        with _calibrated_bn(net, choices, _loader(data.train, cfg.batch_size, True, cfg.seed + 3, 0, d, True), d):
+            torch.save(net.derived_state_dict(choices), out / "weights.pt")
+    return SearchResult(arch, log, out, resumed_from, table)
+
+
+def _cycle(make):
+    while True:
+        n = 0
+        for item in make():
+            n += 1
+            yield item
+        if n == 0:
+            raise SearchError("the held-out split is empty; give more images")
+
+
+def _arch_step(net: Supernet, cfg: SearchConfig, table: LatencyTable, opt: torch.optim.Optimizer,
+               gen: torch.Generator, x: torch.Tensor, y: torch.Tensor, d: _Dist,
+               baseline: float | None) -> tuple[float, float | None]:
+    """One update of the architecture logits; returns (loss, REINFORCE baseline)."""
+    weights = net.weight_parameters()
+    alphas = net.arch_parameters()
+    for p in weights:  # the architecture step needs no weight gradients (and no weight activations)
+        p.requires_grad_(False)
+    try:
+        opt.zero_grad(set_to_none=True)
+        if cfg.mode == "reinforce":
+            with torch.no_grad():
+                choices = net.sample_paths(gen)
+                ce = F.cross_entropy(net(x), y)
+                lat = torch.tensor(table.arch_ms(choices))
+                loss = float(latency_loss(ce, lat, cfg.loss, cfg.lam, cfg.target_ms, cfg.beta))
+            (loss,) = _allreduce_sum([loss], d)
+            loss /= d.world
+            reward = -loss
+            advantage = reward - (reward if baseline is None else baseline)
+            baseline = reward if baseline is None else cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * reward
+            logp = sum(torch.log_softmax(m.alpha, 0)[c] for m, c in zip(net.mixed, choices))
+            (-advantage * logp).backward()
+            opt.step()
+            return loss, baseline
+        before = [a.detach().clone() for a in alphas]
+        if cfg.mode == "binary":
+            net.sample_pairs(gen)
+        ce = F.cross_entropy(net(x), y)
+        loss_t = latency_loss(ce, table.expected_ms(net.probs()), cfg.loss, cfg.lam, cfg.target_ms, cfg.beta)
+        loss_t.backward()
+        _allreduce_mean([a.grad for a in alphas if a.grad is not None], d)
+        if cfg.mode == "binary":
+            net.mask_arch_grads_to_pairs()
+            opt.step()
+            net.rescale_pairs(before)
+            net.clear_pairs()
+        else:
+            opt.step()
+        return float(loss_t.detach()), baseline
+    finally:
+        for p in weights:
+            p.requires_grad_(True)
+
+
+# ---- training a found network from scratch ----------------------------------------------------
+
+def train_arch(arch: ArchSpec, data: str, out: str | Path, epochs: int = 10, batch_size: int = 64,
+               lr: float = 0.05, weight_decay: float = 4e-5, seed: int = 0, limit: int | None = None,
+               augment: str = "auto", threads: int = 1, progress: SearchProgress | None = None) -> dict[str, Any]:
+    """Train ``arch`` from fresh weights on the train + valid splits; report top-1 on the test split.
+
+    Writes ``out/weights.pt`` (state_dict of ``arch.build()``) and ``out/train_log.json``.
+    """
+    from search.supernet import _reinit
+
+    progress = progress or SearchProgress()
+    in_c = arch.blocks[0].in_c
+    ds = load_data(data, arch.input_size, in_c, seed, augment, limit)
+    if ds.num_classes > arch.num_classes:
+        raise SearchError(f"{data} has {ds.num_classes} classes; the network classifies {arch.num_classes}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, threads))
+    net = arch.build().train()
+    _reinit(net)
+    train_set = torch.utils.data.ConcatDataset([ds.train, ds.valid])
+    d = _Dist()
+    steps = len(_loader(train_set, batch_size, True, seed, 0, d, True))
+    if steps == 0:
+        raise SearchError(f"{data}: fewer training images than one batch ({batch_size}); lower --batch-size")
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    log = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        progress.epoch_start(epoch, epochs, steps, "train")
+        loss_sum = correct = seen = 0.0
+        for x, y in _loader(train_set, batch_size, True, seed, epoch, d, True):
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += float((logits.argmax(1) == y).sum())
+            seen += len(y)
+            progress.step()
+        net.eval()
+        tc = tn = 0
+        with torch.no_grad():
+            for x, y in DataLoader(ds.test, batch_size=256):
+                tc += int((net(x).argmax(1) == y).sum())
+                tn += len(y)
+        net.train()
+        row = {"epoch": epoch, "train_loss": round(loss_sum / seen, 5), "train_acc": round(correct / seen, 5),
+               "test_acc": round(tc / max(tn, 1), 5), "seconds": round(time.perf_counter() - t0, 2)}
+        log.append(row)
+        progress.epoch_end(row)
+    torch.save(net.state_dict(), out / "weights.pt")
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    return {"arch": arch.name, "data": ds.description, "epochs": epochs, "test_acc": log[-1]["test_acc"],
+            "test_images": len(ds.test), "log": log, "weights": str(out / "weights.pt")}
