@@ -8,8 +8,8 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # System packages: Debian's adb client (checks the ADB test double against a real peer), dash
-# (device scripts run under a strict POSIX sh), the aarch64 cross compiler (TVM builds for phones).
-want="adb dash gcc-aarch64-linux-gnu"
+# and mksh (device scripts run under a strict POSIX sh and under Android's shell), the aarch64 cross compiler (TVM builds for phones).
+want="adb dash mksh gcc-aarch64-linux-gnu"
 missing=""
 for pkg in $want; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

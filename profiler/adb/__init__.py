@@ -1,0 +1,27 @@
+"""ADB access to Android devices: transports, device-script output parsers, the host key."""
+
+from .parsers import BenchOutputError, ParseError, parse_bench, parse_info, parse_prepare
+from .transport import (
+    AdbCommandError,
+    AdbConnectionError,
+    AdbError,
+    AdbServerTransport,
+    AdbShellTransport,
+    AdbTimeout,
+    open_transport,
+)
+
+__all__ = [
+    "AdbError",
+    "AdbTimeout",
+    "AdbConnectionError",
+    "AdbCommandError",
+    "AdbShellTransport",
+    "AdbServerTransport",
+    "open_transport",
+    "ParseError",
+    "BenchOutputError",
+    "parse_info",
+    "parse_bench",
+    "parse_prepare",
+]
