@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 #: command modules; each defines register(subparsers) and sets `func` on its parsers
-COMMAND_MODULES = ("hwnas.commands.profile", "hwnas.commands.search", "hwnas.commands.predict")
+COMMAND_MODULES = ("hwnas.commands.profile", "hwnas.commands.search", "hwnas.commands.predict", "hwnas.commands.run")
 
 
 class UserError(Exception):
@@ -39,8 +39,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from profiler.store import StoreError
     from predictor import PredictorError
     from search.latency import SearchError
+    from hwnas.pipeline import RunError
 
-    return (UserError, BackendUnavailable, BlockKeyError, DeviceError, SpaceError, StoreError, PredictorError,
+    return (RunError, UserError, BackendUnavailable, BlockKeyError, DeviceError, SpaceError, StoreError, PredictorError,
             SearchError, FileNotFoundError)
 
 
@@ -53,7 +54,19 @@ _INTERRUPTED = {
 }
 
 
+def _quiet_library_warnings() -> None:
+    """Compilers' deprecation notices (torch.export, ExecuTorch, TVM) say nothing a user can act on;
+    keep them out of the output, here and in the worker processes."""
+    import os
+    import warnings
+
+    for cat in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_library_warnings()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

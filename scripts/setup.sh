@@ -9,7 +9,8 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # System packages: Debian's adb client (checks the ADB test double against a real peer), dash
 # and mksh (device scripts run under a strict POSIX sh and under Android's shell), the aarch64 cross compiler (TVM builds for phones).
-want="adb dash mksh gcc-aarch64-linux-gnu"
+# Headless Chromium (+ a font) renders the run report in a test, as a user's browser would.
+want="adb dash mksh gcc-aarch64-linux-gnu chromium fonts-dejavu-core"
 missing=""
 for pkg in $want; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
@@ -18,7 +19,7 @@ if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing system packages:$missing"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   else
     echo "setup: optional system packages missing:$missing (install them with apt-get as root; tests that need them skip)"
   fi

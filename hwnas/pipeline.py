@@ -1,0 +1,549 @@
+"""`hwnas run`: from a device to a specialised, measured network, one resumable stage at a time.
+
+Stages, in order (each writes its result into the run folder; a stage whose result is there is
+skipped, so a killed run resumes at the stage it was in, and the profiler and the search resume
+inside their stage too):
+
+    profile    time every block of the space on the device (the store is shared across runs)
+    calibrate  time a few random networks of the space end to end: the per-network overhead
+               that the sum of isolated blocks misses
+    predictor  fit the latency predictor to the blocks (+ the overhead); leave-one-out accuracy
+    search     ProxylessNAS search with the predictor's latency table
+    train      train the found network from scratch
+    export     compile it (trained weights) with the backend
+    measure    time the found network on the device: predicted against measured
+    baseline   train and time the uniform family of the space (every layer the same op)
+    report     report.html + summary.json
+
+The options of a run are saved in ``config.yaml``; a second call with other result-changing
+options on the same folder is refused (one line), so a folder always holds one experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["RunConfig", "RunError", "STAGES", "run", "load_config", "uniform_choices"]
+
+#: the fitted latency model (the stage results are <stage>.json)
+PREDICTOR_FILE = "latency-predictor.json"
+
+STAGES = ("profile", "calibrate", "predictor", "search", "train", "export", "measure", "baseline", "report")
+
+
+class RunError(ValueError):
+    """Bad options or a stage that cannot go on; printed as one line."""
+
+
+@dataclass
+class RunConfig:
+    """Every option of `hwnas run`; units in the comments. Saved as the run's ``config.yaml``."""
+
+    out: str
+    device: str = "local"
+    backend: str = "executorch"
+    space: str = "tiny-mnist"
+    data: str = "mnist5k"
+    target_ms: float | None = None  # latency target of the search (ms, whole network)
+    db: str = "data/hwnas.db"  # the measurement store, shared by runs and devices
+    threads: int = 1  # runtime threads while timing (count)
+    quick: bool = False  # the looser timing protocol (smoke runs only)
+    calibrate: int = 6  # random networks timed end to end for the per-network overhead (count)
+    predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
+    search_epochs: int = 6  # epochs of the search, warm-up included
+    warmup_epochs: int = 1  # weight-only epochs before architecture steps
+    loss: str = "mul"  # mul: CE * (log LAT / log T)^beta; add: CE + lambda * LAT
+    lam: float = 0.1  # additive loss weight (1/ms)
+    beta: float = 0.6  # multiplicative loss exponent
+    arch_lr: float = 6e-3  # architecture learning rate (Adam)
+    train_epochs: int = 4  # epochs to train each network from scratch (found and baseline)
+    batch_size: int = 64  # images per step
+    baseline: list[str] = field(default_factory=lambda: ["k3e3", "k3e6", "k7e6"])  # uniform family
+    limit: int | None = None  # use only this many images of the data set
+    seed: int = 0
+    train_threads: int = 0  # torch threads for search and training (0: all cores)
+    cache_dir: str | None = None  # compile cache (default ~/.cache/hwnas/artifacts)
+
+    #: options that may change between a run and its resumption without changing its results
+    RESUMABLE = ("out", "train_threads", "cache_dir")
+
+    def check(self) -> None:
+        from profiler.devices import parse_device
+
+        parse_device(self.device)
+        if self.backend not in ("executorch", "tvm", "torch"):
+            raise RunError(f"unknown backend {self.backend!r}; use executorch, tvm or torch")
+        if self.target_ms is not None and not self.target_ms > 0:
+            raise RunError(f"--target-ms {self.target_ms:g}: give a positive latency in ms")
+        if self.loss == "mul" and self.target_ms is None:
+            raise RunError("the multiplicative latency loss needs --target-ms (ms); or use --loss add")
+        for name in ("threads", "search_epochs", "train_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise RunError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.calibrate < 0 or self.warmup_epochs < 0 or self.warmup_epochs >= self.search_epochs:
+            raise RunError("need --calibrate >= 0 and 0 <= --warmup-epochs < --search-epochs")
+        for b in self.baseline:
+            _parse_op(b)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML file (safe loader); unknown keys are refused with the known ones."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise RunError(f"{path}: no such config file")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RunError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise RunError(f"{path}: expected a mapping of option: value")
+    d = {str(k).replace("-", "_"): v for k, v in d.items()}
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise RunError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return d
+
+
+# ---- run folder bookkeeping ------------------------------------------------------------------------
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class Progress:
+    """Callbacks of a run (the CLI draws them); all optional. Stage bars reuse the profiler's and
+    the search's progress interfaces, which the CLI's object also implements."""
+
+    def stage(self, name: str, index: int, total: int, skipped: bool) -> None: ...
+
+    def stage_done(self, name: str, seconds: float, summary: str) -> None: ...
+
+    # profiler.harness.Progress
+    def phase(self, name: str, total: int) -> None: ...
+
+    def advance(self, name: str, label: str) -> None: ...
+
+    # search.train.SearchProgress
+    def epoch_start(self, epoch: int, epochs: int, steps: int, phase: str) -> None: ...
+
+    def step(self) -> None: ...
+
+    def epoch_end(self, row: dict[str, Any]) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class Run:
+    """One run folder: its config, its stages' results and wall times."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.out)
+        self.state_path = self.dir / "stages.json"
+
+    # -- config ------------------------------------------------------------------------------------
+    def open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved = self.dir / "config.yaml"
+        mine = self.cfg.to_dict()
+        if saved.exists():
+            import yaml
+
+            old = yaml.safe_load(saved.read_text()) or {}
+            diff = sorted(k for k in mine if k not in RunConfig.RESUMABLE and k in old and old[k] != mine[k])
+            if diff:
+                shown = ", ".join(f"{k} {old[k]!r} -> {mine[k]!r}" for k in diff)
+                raise RunError(f"{self.dir} holds a run with other options ({shown}); choose another --out, "
+                               f"or repeat it with --config {saved}")
+        import yaml
+
+        tmp = saved.with_name(".config.yaml.tmp")
+        tmp.write_text("# the options of this run; repeat it with: hwnas run --config " + str(saved) + "\n"
+                       + yaml.safe_dump(mine, sort_keys=False))
+        os.replace(tmp, saved)
+
+    # -- stage state -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return _read_json(self.state_path) if self.state_path.exists() else {}
+
+    def done(self, stage: str) -> bool:
+        return self.state().get(stage, {}).get("status") == "done" and (self.dir / f"{stage}.json").exists()
+
+    def result(self, stage: str) -> dict[str, Any]:
+        return _read_json(self.dir / f"{stage}.json")
+
+    def finish(self, stage: str, result: dict[str, Any], seconds: float) -> None:
+        _write_json(self.dir / f"{stage}.json", result)
+        st = self.state()
+        st[stage] = {"status": "done", "seconds": round(seconds, 2),
+                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_json(self.state_path, st)
+
+    def invalidate(self, stage: str) -> None:
+        """Forget a stage and every later one (their inputs change)."""
+        st = self.state()
+        for s in STAGES[STAGES.index(stage):]:
+            st.pop(s, None)
+        _write_json(self.state_path, st)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+def _parse_op(text: str) -> tuple[int, int]:
+    """``k3e6`` -> (kernel 3, expand 6)."""
+    import re
+
+    m = re.fullmatch(r"k(\d+)e(\d+)", text.strip())
+    if not m:
+        raise RunError(f"baseline member {text!r}: write kernel and expand ratio as kKeE, e.g. k3e6")
+    return int(m[1]), int(m[2])
+
+
+def uniform_choices(space, op: str) -> list[int]:
+    """The choices that put the same MBConv (kernel, expand ratio) in every searchable layer."""
+    k, e = _parse_op(op)
+    out = []
+    for i in space.searchable:
+        layer = space.layers[i]
+        idx = [j for j, c in enumerate(layer.candidates)
+               if c.kind == "mbconv" and c.kernel == k and c.mid_c == c.in_c * e]
+        if not idx:
+            raise RunError(f"baseline member {op}: layer {i} of {space.name!r} has no kernel {k} expand {e} candidate")
+        out.append(idx[0])
+    return out
+
+
+def _protocol(cfg: RunConfig):
+    from profiler.measurement import TimingProtocol
+
+    return TimingProtocol.quick() if cfg.quick else TimingProtocol()
+
+
+def _measured(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, dict[str, Any]]:
+    """Stored ok rows of this device/backend/threads for ``keys``: key -> {median_ms, ...}."""
+    from profiler.store import Store
+
+    with Store(cfg.db) as st:
+        df = st.dataframe(status="ok", device=cfg.device, backend=cfg.backend, threads=cfg.threads, kind=kind)
+    df = df[df.block_key.isin(keys)].sort_values("id").groupby("block_key").tail(1)
+    return {r.block_key: {"median_ms": float(r.median_ms), "p10_ms": float(r.p10_ms), "p90_ms": float(r.p90_ms),
+                          "n": int(r.n or 0), "flags": r.flags if isinstance(r.flags, list) else []}
+            for r in df.itertuples()}
+
+
+def _failures(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, str]:
+    from profiler.store import Store
+
+    with Store(cfg.db) as st:
+        df = st.dataframe(status="failed", device=cfg.device, backend=cfg.backend, threads=cfg.threads, kind=kind)
+    df = df[df.block_key.isin(keys)]
+    return {r.block_key: str(r.error or "") for r in df.itertuples()}
+
+
+def _profile(cfg: RunConfig, models: list, progress: Progress):
+    from profiler.harness import profile
+
+    return profile(models, cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads, protocol=_protocol(cfg),
+                   cache_dir=cfg.cache_dir, progress=progress)
+
+
+def _train_threads(cfg: RunConfig) -> int:
+    return cfg.train_threads or len(os.sched_getaffinity(0))
+
+
+# ---- stages ----------------------------------------------------------------------------------------
+
+def stage_profile(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    from profiler.devices import env_snapshot, local_info, parse_device
+    from profiler.spaces import load_space
+
+    cfg = run.cfg
+    space = load_space(cfg.space)
+    blocks = space.blocks()
+    res = _profile(cfg, blocks, progress)
+    keys = [b.key for b in blocks]
+    ok = _measured(cfg, keys, "block")
+    failed = _failures(cfg, [k for k in keys if k not in ok], "block")
+    dev = parse_device(cfg.device)
+    env = local_info() if dev.kind == "local" else {"device": cfg.device}
+    env["snapshot"] = env_snapshot([0]) if dev.kind == "local" else {}
+    env["config"] = res.config.to_dict() if hasattr(res.config, "to_dict") else asdict(res.config)
+    env["peak_gflops"] = res.peak_gflops
+    import pandas as pd
+
+    rows = [{"block_key": k, "status": "ok" if k in ok else "failed", **ok.get(k, {}), "error": failed.get(k, "")}
+            for k in keys]
+    pd.DataFrame(rows).drop(columns=["flags"], errors="ignore").to_csv(run.dir / "profile.csv", index=False)
+    if not ok:
+        raise RunError(f"no block of {cfg.space!r} could be measured on {cfg.device} with {cfg.backend}; "
+                       f"first failure: {next(iter(failed.values()), 'unknown')}")
+    out = {"space": cfg.space, "blocks": len(keys), "measured_now": len(res.measured), "reused": res.skipped,
+           "ok": len(ok), "failed": failed, "env": env, "db": cfg.db}
+    return out, f"{len(ok)}/{len(keys)} blocks measured ({len(res.measured)} now, {res.skipped} from the store)"
+
+
+def stage_calibrate(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    from profiler.spaces import load_space
+
+    cfg = run.cfg
+    space = load_space(cfg.space)
+    rng = np.random.default_rng(cfg.seed + 1)
+    archs, seen = [], set()
+    tries = 0
+    while len(archs) < cfg.calibrate and tries < 50 * max(cfg.calibrate, 1):
+        tries += 1
+        choices = [int(rng.integers(len(space.layers[i].candidates))) for i in space.searchable]
+        a = space.arch(choices, f"{space.name}-random")
+        if a.key not in seen:
+            seen.add(a.key)
+            archs.append((choices, a))
+    if archs:
+        _profile(cfg, [a for _, a in archs], progress)
+    got = _measured(cfg, [a.key for _, a in archs], "network")
+    nets = [{"choices": c, "key": a.key, "blocks": a.keys, "measured_ms": got[a.key]["median_ms"]}
+            for c, a in archs if a.key in got]
+    failed = _failures(cfg, [a.key for _, a in archs if a.key not in got], "network")
+    return ({"networks": nets, "failed": failed},
+            f"{len(nets)} random networks timed end to end" + (f", {len(failed)} failed" if failed else ""))
+
+
+def _block_entries(cfg: RunConfig):
+    from predictor.io import store_entries
+    from profiler.spaces import load_space
+
+    entries, meta = store_entries(cfg.db, device=cfg.device, backend=cfg.backend, threads=cfg.threads)
+    keys = {b.key for b in load_space(cfg.space).blocks()}
+    return {k: v for k, v in entries.items() if k in keys}, meta
+
+
+def stage_predictor(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    from predictor import cross_validate, fit_predictor, save_predictor
+    from predictor._metrics import metrics
+    from predictor.evaluate import plot
+    from predictor.network import fit_overhead
+    from profiler.blocks import BlockSpec
+
+    cfg = run.cfg
+    progress.message("fitting the latency predictor")
+    entries, meta = _block_entries(cfg)
+    meta = dict(meta, space=cfg.space)
+    pred = fit_predictor(entries, model=cfg.predictor, seed=cfg.seed, meta=meta)
+    blocks = [BlockSpec.from_key(k) for k in entries]
+    y = np.array([e.mean_ms for e in entries.values()])
+    plots = run.dir / "plots"
+    block_eval = None
+    if len(blocks) >= 4:  # leave-one-out of the regression on the blocks: how well unmeasured blocks are guessed
+        ev = cross_validate(blocks, y, folds="loo", seed=cfg.seed)
+        plot(ev, plots / "predictor_blocks.png", title=f"blocks, leave-one-out ({cfg.backend}, {cfg.device})")
+        block_eval = ev.to_dict()
+    cal = run.result("calibrate")["networks"]
+    net_eval: dict[str, Any] = {}
+    if cal:
+        nets = [[BlockSpec.from_key(k) for k in n["blocks"]] for n in cal]
+        meas = np.array([n["measured_ms"] for n in cal])
+        sums = np.array([float(np.sum(pred.predict_ms(b))) for b in nets])
+        pred = fit_overhead(pred, nets, meas)
+        # leave-one-out on the overhead: each network predicted with the overhead of the others
+        loo = np.array([sums[i] + np.mean(np.delete(meas - sums, i)) if len(cal) > 1 else sums[i] + pred.overhead_ms
+                        for i in range(len(cal))])
+        net_eval = {"n": len(cal), "overhead_ms": pred.overhead_ms, "block_sum_ms": sums.tolist(),
+                    "measured_ms": meas.tolist(), "predicted_loo_ms": loo.tolist(),
+                    "metrics_block_sum": metrics(meas, sums), "metrics_loo": metrics(meas, loo)}
+    path = save_predictor(pred, run.dir / PREDICTOR_FILE)
+    out = {"path": str(path), "model": pred.describe(), "rows": len(entries), "overhead_ms": pred.overhead_ms,
+           "blocks_loo": block_eval, "networks": net_eval, "meta": meta}
+    s = f"{pred.describe()} on {len(entries)} blocks"
+    if block_eval:
+        s += f"; block LOO MAPE {100 * block_eval['mape']:.1f}% (FLOPs baseline {100 * block_eval['flops_baseline']['mape']:.1f}%)"
+    if net_eval:
+        s += f"; overhead {net_eval['overhead_ms']:+.3f} ms, networks within 10%: {100 * net_eval['metrics_loo']['within_10pct']:.0f}%"
+    return out, s
+
+
+def _load_pred(run: Run):
+    from predictor import load_predictor
+
+    return load_predictor(run.dir / PREDICTOR_FILE)
+
+
+def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    from search.train import CHECKPOINT, SearchConfig, run_search
+
+    cfg = run.cfg
+    pred = _load_pred(run)
+    overhead = float(getattr(pred, "overhead_ms", 0.0))
+    # the search's latency table sums blocks; the network's own overhead is a constant of every
+    # network, so the search aims at the target minus that constant
+    target = None if cfg.target_ms is None else cfg.target_ms - overhead
+    if target is not None and target <= 0:
+        raise RunError(f"--target-ms {cfg.target_ms:g} is below the per-network overhead alone "
+                       f"({overhead:.3g} ms measured); raise it")
+    out = run.dir / "search"
+    scfg = SearchConfig(space=cfg.space, data=cfg.data, out=str(out), epochs=cfg.search_epochs,
+                        warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
+                        loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, target_ms=target, seed=cfg.seed,
+                        limit=cfg.limit, predictor=str(run.dir / PREDICTOR_FILE), threads=_train_threads(cfg))
+    try:
+        res = run_search(scfg, pred, resume=(out / CHECKPOINT).exists(), progress=progress)
+    except ValueError as e:  # SearchError: one line
+        raise RunError(str(e)) from None
+    arch = res.arch
+    predicted = pred.predict_network_ms(arch)
+    arch.meta["predicted_network_ms"] = round(float(predicted), 6)
+    (out / "arch.json").write_text(arch.to_json())
+    r = {"arch": str(out / "arch.json"), "choices": arch.meta["choices"], "blocks": arch.keys,
+         "predicted_ms": float(predicted), "block_sum_ms": arch.meta["predicted_ms"], "overhead_ms": overhead,
+         "search_target_ms": target, "target_ms": cfg.target_ms, "log": res.log,
+         "probabilities": arch.meta.get("probabilities"), "test_acc_supernet": arch.meta.get("test_acc_supernet"),
+         "fastest_ms": arch.meta["fastest_ms"] + overhead, "slowest_ms": arch.meta["slowest_ms"] + overhead}
+    return r, f"found {arch.meta['choices']}: predicted {predicted:.4g} ms (target {cfg.target_ms} ms)"
+
+
+def _arch(run: Run):
+    from search.export import read_arch
+
+    return read_arch(run.dir / "search" / "arch.json")
+
+
+def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> dict[str, Any]:
+    from search.train import train_arch
+
+    try:
+        return train_arch(arch, cfg.data, out, epochs=cfg.train_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                          limit=cfg.limit, threads=_train_threads(cfg), progress=progress)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+
+
+def stage_train(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    r = _train(run.cfg, _arch(run), run.dir / "train", progress)
+    return r, f"test accuracy {r['test_acc']:.4f} after {r['epochs']} epochs"
+
+
+def stage_export(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    from search.export import export_network
+
+    backends = [run.cfg.backend] if run.cfg.backend in ("executorch", "tvm") else []
+    r = export_network(_arch(run), run.dir / "train" / "weights.pt", run.dir / "export", backends)
+    bad = {b: v["error"] for b, v in r.items() if "error" in v}
+    if bad:
+        raise RunError(f"export with {', '.join(bad)} failed: {'; '.join(bad.values())}")
+    paths = ", ".join(v["path"] for v in r.values()) or "nothing to export for the torch backend"
+    return {"exported": r}, paths
+
+
+def stage_measure(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    cfg = run.cfg
+    arch = _arch(run)
+    _profile(cfg, [arch], progress)
+    got = _measured(cfg, [arch.key], "network")
+    if arch.key not in got:
+        why = _failures(cfg, [arch.key], "network").get(arch.key, "no row stored")
+        raise RunError(f"the found network could not be measured on {cfg.device} with {cfg.backend}: {why}")
+    m = got[arch.key]
+    predicted = run.result("search")["predicted_ms"]
+    err = (predicted - m["median_ms"]) / m["median_ms"]
+    r = {"key": arch.key, "measured_ms": m["median_ms"], "p10_ms": m["p10_ms"], "p90_ms": m["p90_ms"],
+         "n": m["n"], "flags": m["flags"], "predicted_ms": predicted, "error": err,
+         "within_10pct": abs(err) <= 0.10,
+         "meets_target": None if cfg.target_ms is None else bool(m["median_ms"] <= cfg.target_ms)}
+    return r, f"measured {m['median_ms']:.4g} ms against {predicted:.4g} ms predicted ({100 * err:+.1f}%)"
+
+
+def stage_baseline(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    from profiler.spaces import load_space
+
+    cfg = run.cfg
+    space = load_space(cfg.space)
+    pred = _load_pred(run)
+    members = []
+    part = run.dir / "baseline"
+    part.mkdir(exist_ok=True)
+    for op in cfg.baseline:
+        done = part / f"{op}.json"
+        if done.exists():  # finished before a kill: keep it
+            members.append(_read_json(done))
+            continue
+        arch = space.arch(uniform_choices(space, op), f"{space.name}-uniform-{op}")
+        progress.message(f"baseline {op}: training, then timing")
+        tr = _train(cfg, arch, part / op, progress)
+        _profile(cfg, [arch], progress)
+        got = _measured(cfg, [arch.key], "network")
+        m = {"op": op, "key": arch.key, "blocks": arch.keys, "test_acc": tr["test_acc"],
+             "predicted_ms": float(pred.predict_network_ms(arch)),
+             "measured_ms": got[arch.key]["median_ms"] if arch.key in got else None,
+             "error": None if arch.key in got else _failures(cfg, [arch.key], "network").get(arch.key, "not measured")}
+        _write_json(done, m)
+        members.append(m)
+    ok = [m for m in members if m["measured_ms"] is not None]
+    return {"members": members}, ", ".join(f"{m['op']} {m['measured_ms']:.3g} ms acc {m['test_acc']:.3f}" for m in ok)
+
+
+def stage_report(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    from hwnas.report import write_report
+
+    paths = write_report(run.dir)
+    return {k: str(v) for k, v in paths.items()}, str(paths["html"])
+
+
+STAGE_FUNCS: dict[str, Callable[[Run, Progress], tuple[dict[str, Any], str]]] = {
+    "profile": stage_profile, "calibrate": stage_calibrate, "predictor": stage_predictor, "search": stage_search,
+    "train": stage_train, "export": stage_export, "measure": stage_measure, "baseline": stage_baseline,
+    "report": stage_report,
+}
+
+
+def run(cfg: RunConfig, progress: Progress | None = None, until: str | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage up to ``until`` (default: all); return the summary."""
+    progress = progress or Progress()
+    cfg.check()
+    r = Run(cfg)
+    r.open()
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    for i, name in enumerate(STAGES[: last + 1]):
+        # the report is cheap and reflects everything: always written again
+        skip = r.done(name) and name != "report"
+        progress.stage(name, i, len(STAGES), skip)
+        if skip:
+            continue
+        t0 = time.perf_counter()
+        result, summary = STAGE_FUNCS[name](r, progress)
+        seconds = time.perf_counter() - t0
+        r.finish(name, result, seconds)
+        progress.stage_done(name, seconds, summary)
+    if last == len(STAGES) - 1:
+        from hwnas.report import summary
+
+        s = summary(r.dir)  # again, now that the report stage's own time is known
+        _write_json(r.dir / "summary.json", s)
+        return s
+    return {"stages": r.state()}

@@ -1,0 +1,434 @@
+"""The report of a `hwnas run` folder: ``report.html`` (self-contained: the PNG plots are embedded)
+beside ``plots/*.png`` and ``summary.json``.
+
+Everything is read from the run folder's stage results, so ``hwnas report RUN`` rebuilds it at any
+time; a stage that has not run yet is shown as missing, never filled in.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["write_report", "summary"]
+
+
+def _load(run: Path, stage: str) -> dict[str, Any] | None:
+    p = run / f"{stage}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _fig(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _op_label(b) -> str:
+    if b.kind == "zero":
+        return "zero"
+    return f"k{b.kernel}e{b.mid_c // max(b.in_c, 1)}"
+
+
+# ---- plots -----------------------------------------------------------------------------------------
+
+def plot_heatmap(run: Path, cfg: dict[str, Any], out: Path) -> Path | None:
+    """Measured latency of every candidate of every searchable layer (ms): layers x (kernel, expand)."""
+    import pandas as pd
+
+    from profiler.spaces import load_space
+
+    csv = run / "profile.csv"
+    if not csv.exists():
+        return None
+    ms = {r.block_key: r.median_ms for r in pd.read_csv(csv).itertuples() if r.status == "ok"}
+    space = load_space(cfg["space"])
+    layers = [space.layers[i] for i in space.searchable]
+    cols = sorted({_op_label(c) for layer in layers for c in layer.candidates if c.kind != "zero"},
+                  key=lambda s: (int(s[1:s.index("e")]), int(s[s.index("e") + 1:])))
+    grid = np.full((len(layers), len(cols)), np.nan)
+    for i, layer in enumerate(layers):
+        for c in layer.candidates:
+            if c.kind != "zero" and c.key in ms:
+                grid[i, cols.index(_op_label(c))] = ms[c.key]
+    fig = _fig(1.1 * len(cols) + 2.5, 0.42 * len(layers) + 1.6)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        txt = "n/a" if np.isnan(v) else f"{v:.3g}"
+        ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                color="white" if np.isnan(v) or v < np.nanmean(grid) else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(layers)),
+                  [f"{i}: {layer.candidates[0].in_h}x{layer.candidates[0].in_w}x{layer.candidates[0].in_c}"
+                   f"->{layer.candidates[0].out_c}" + (" s2" if layer.candidates[0].stride == 2 else "")
+                   for i, layer in zip(space.searchable, layers)], fontsize=7)
+    ax.set_xlabel("candidate (kernel k, expand ratio e)")
+    ax.set_ylabel("searchable layer (input -> output channels)")
+    ax.set_title(f"measured block latency (ms, median), {cfg['backend']} on {cfg['device']}", fontsize=9)
+    fig.colorbar(im, ax=ax, label="ms")
+    return _save(fig, out)
+
+
+def plot_networks(pred: dict[str, Any], measure: dict[str, Any] | None, baseline: dict[str, Any] | None,
+                  out: Path) -> Path | None:
+    """Whole networks: predicted against measured (ms), the +-10 % band."""
+    nets = (pred or {}).get("networks") or {}
+    pts: list[tuple[float, float, str]] = []
+    for m, p in zip(nets.get("measured_ms", []), nets.get("predicted_loo_ms", [])):
+        pts.append((m, p, "random networks (overhead left out, LOO)"))
+    for b in (baseline or {}).get("members", []):
+        if b.get("measured_ms"):
+            pts.append((b["measured_ms"], b["predicted_ms"], "uniform baseline"))
+    if measure:
+        pts.append((measure["measured_ms"], measure["predicted_ms"], "found network"))
+    if not pts:
+        return None
+    fig = _fig(5.2, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    allv = np.array([v for p in pts for v in p[:2]])
+    lo, hi = allv.min() / 1.25, allv.max() * 1.25
+    line = np.linspace(lo, hi, 50)
+    ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="±10 %")
+    ax.plot(line, line, color="tab:green", lw=0.8)
+    style = {"random networks (overhead left out, LOO)": ("tab:blue", "o", 18),
+             "uniform baseline": ("tab:orange", "s", 26), "found network": ("tab:red", "*", 140)}
+    for label, (color, marker, size) in style.items():
+        sel = [(m, p) for m, p, lab in pts if lab == label]
+        if sel:
+            a = np.array(sel)
+            ax.scatter(a[:, 0], a[:, 1], color=color, marker=marker, s=size, label=label, zorder=3)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency (ms, median)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title("whole networks: predicted against measured", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, out)
+
+
+def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path) -> tuple[Path | None, Path | None]:
+    log = search.get("log") or []
+    curves = probs = None
+    if log:
+        ep = [r["epoch"] + 1 for r in log]
+        fig = _fig(6.4, 3.6)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.plot(ep, [r["train_acc"] for r in log], "o-", color="tab:blue", label="train accuracy (supernet)")
+        ax.plot(ep, [r["test_acc"] for r in log], "s-", color="tab:cyan", label="test accuracy (argmax network)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        ax2 = ax.twinx()
+        ax2.plot(ep, [r["expected_ms"] for r in log], "^--", color="tab:red", label="E[latency] (ms)")
+        ax2.plot(ep, [r["argmax_ms"] for r in log], "v:", color="tab:purple", label="argmax network (ms)")
+        if search.get("search_target_ms"):
+            ax2.axhline(search["search_target_ms"], color="0.4", lw=0.8, ls="--", label="target (block sum, ms)")
+        ax2.set_ylabel("predicted block-sum latency (ms)")
+        warm = [r["epoch"] + 1 for r in log if r.get("phase") == "warm-up"]
+        if warm:
+            ax.axvspan(0.5, max(warm) + 0.5, color="0.9", zorder=0)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower left")
+        ax.set_title("search: accuracy and latency per epoch (grey: weight warm-up)", fontsize=9)
+        curves = _save(fig, out_curves)
+    p = search.get("probabilities")
+    if p:
+        width = max(len(r) for r in p)
+        grid = np.full((len(p), width), np.nan)
+        for i, r in enumerate(p):
+            grid[i, : len(r)] = r
+        fig = _fig(0.8 * width + 2.5, 0.4 * len(p) + 1.5)
+        ax = fig.add_subplot(1, 1, 1)
+        im = ax.imshow(grid, cmap="magma", vmin=0, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 else "black")
+        for i, c in enumerate(search.get("choices") or []):
+            ax.add_patch(_rect(c - 0.5, i - 0.5, 1, 1))
+        ax.set_xlabel("candidate index (see the table; boxed: chosen)")
+        ax.set_ylabel("searchable layer")
+        ax.set_title("architecture probabilities after the search", fontsize=9)
+        fig.colorbar(im, ax=ax)
+        probs = _save(fig, out_probs)
+    return curves, probs
+
+
+def _rect(x, y, w, h, **kw):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), w, h, fill=False, edgecolor=kw.get("edgecolor", "cyan"), lw=kw.get("lw", 1.5))
+
+
+def plot_arch(blocks: list[str], out: Path, title: str) -> Path:
+    """The network as a row of blocks: width by expand ratio, colour by kernel size."""
+    from matplotlib.patches import FancyBboxPatch
+
+    from profiler.blocks import BlockSpec
+
+    specs = [BlockSpec.from_key(k) for k in blocks]
+    colors = {3: "#8ecae6", 5: "#ffb703", 7: "#fb8500"}
+    fig = _fig(max(6.0, 0.75 * len(specs)), 2.3)
+    ax = fig.add_subplot(1, 1, 1)
+    x = 0.0
+    for b in specs:
+        if b.kind == "mbconv":
+            e = b.mid_c // max(b.in_c, 1)
+            w, label, c = 0.45 + 0.08 * e, f"MB{e}\n{b.kernel}x{b.kernel}", colors.get(b.kernel, "#adb5bd")
+        elif b.kind == "zero":
+            w, label, c = 0.45, "skip", "#e9ecef"
+        else:
+            w, label, c = 0.6, {"conv": "Conv", "logits": "FC", "pool": "Pool"}.get(b.kind, b.kind), "#ced4da"
+        h = 0.5 + 0.5 * (b.out_c / max(s.out_c for s in specs))
+        ax.add_patch(FancyBboxPatch((x, -h / 2), w, h, boxstyle="round,pad=0.02", facecolor=c, edgecolor="0.3"))
+        ax.text(x + w / 2, 0, label, ha="center", va="center", fontsize=6.5)
+        ax.text(x + w / 2, -h / 2 - 0.12, f"{b.out_c}" + ("/2" if b.stride == 2 else ""), ha="center", va="top",
+                fontsize=5.5, color="0.35")
+        x += w + 0.12
+    ax.set_xlim(-0.1, x)
+    ax.set_ylim(-0.85, 0.6)
+    ax.axis("off")
+    ax.set_title(title + "  (label: expand ratio, kernel; below: output channels, /2 = stride 2)", fontsize=8)
+    return _save(fig, out)
+
+
+def plot_pareto(measure: dict[str, Any] | None, train: dict[str, Any] | None, baseline: dict[str, Any] | None,
+                target: float | None, out: Path) -> Path | None:
+    pts = [(b["measured_ms"], b["test_acc"], b["op"]) for b in (baseline or {}).get("members", [])
+           if b.get("measured_ms")]
+    if not pts and not (measure and train):
+        return None
+    fig = _fig(5.4, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    if pts:
+        pts.sort()
+        a = np.array([(m, acc) for m, acc, _ in pts])
+        ax.plot(a[:, 0], a[:, 1], "s--", color="tab:orange", label="uniform family (same op in every layer)")
+        for m, acc, op in pts:
+            ax.annotate(op, (m, acc), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    if measure and train:
+        ax.scatter([measure["measured_ms"]], [train["test_acc"]], marker="*", s=180, color="tab:red",
+                   label="found network", zorder=3)
+    if target:
+        ax.axvline(target, color="0.4", ls=":", lw=1, label=f"target {target:g} ms")
+    ax.set_xlabel("measured latency (ms, median)")
+    ax.set_ylabel("test accuracy (trained from scratch)")
+    ax.set_title("accuracy against measured latency", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, out)
+
+
+# ---- summary and HTML ------------------------------------------------------------------------------
+
+def summary(run: Path) -> dict[str, Any]:
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    stages = json.loads((run / "stages.json").read_text()) if (run / "stages.json").exists() else {}
+    measure, train, search = _load(run, "measure"), _load(run, "train"), _load(run, "search")
+    pred, base = _load(run, "predictor"), _load(run, "baseline")
+    s: dict[str, Any] = {
+        "run": str(run), "device": cfg.get("device"), "backend": cfg.get("backend"), "space": cfg.get("space"),
+        "data": cfg.get("data"), "target_ms": cfg.get("target_ms"),
+        "predicted_ms": measure["predicted_ms"] if measure else (search or {}).get("predicted_ms"),
+        "measured_ms": measure["measured_ms"] if measure else None,
+        "prediction_error": measure["error"] if measure else None,
+        "within_10pct": measure["within_10pct"] if measure else None,
+        "meets_target": measure["meets_target"] if measure else None,
+        "accuracy": train["test_acc"] if train else None,
+        "choices": (search or {}).get("choices"), "blocks": (search or {}).get("blocks"),
+        "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
+        "total_seconds": round(sum(v.get("seconds") or 0 for v in stages.values()), 2),
+    }
+    if pred:
+        s["predictor"] = {"model": pred["model"], "rows": pred["rows"], "overhead_ms": pred["overhead_ms"]}
+        if pred.get("blocks_loo"):
+            bl = pred["blocks_loo"]
+            s["predictor"]["blocks_loo"] = {k: bl[k] for k in ("n", "mape", "rmspe", "within_10pct", "kendall_tau")}
+            s["predictor"]["blocks_loo"]["flops_baseline_mape"] = bl["flops_baseline"]["mape"]
+        if pred.get("networks"):
+            s["predictor"]["networks_loo"] = pred["networks"]["metrics_loo"]
+    if base:
+        s["baseline"] = [{k: b.get(k) for k in ("op", "measured_ms", "predicted_ms", "test_acc")} for b in base["members"]]
+        # the fastest uniform member at least as accurate as the found network (if any): the speed-up at equal accuracy
+        if measure and train:
+            peers = [b for b in base["members"] if b.get("measured_ms") and b["test_acc"] >= train["test_acc"] - 0.005]
+            if peers:
+                best = min(peers, key=lambda b: b["measured_ms"])
+                s["speedup_vs_uniform_at_equal_accuracy"] = {"member": best["op"],
+                                                             "ratio": best["measured_ms"] / measure["measured_ms"]}
+    return s
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.4em 0}.big{font-size:1.25em}
+.ok{color:#11772d}.bad{color:#b00020}.muted{color:#777}code{background:#f5f5f5;padding:0 .2em}"""
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if not path or not Path(path).exists():
+        return f'<p class="muted">({html.escape(alt)}: not available yet)</p>'
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def _ms(v: Any) -> str:
+    return "—" if v is None else f"{v:.4g} ms"
+
+
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * v:.1f} %"
+
+
+def write_report(run: str | Path) -> dict[str, Path]:
+    """Write ``report.html``, ``summary.json`` and ``plots/*.png`` of a run folder; return their paths."""
+    import yaml
+
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise FileNotFoundError(f"{run}: not a run folder (no config.yaml); make one with `hwnas run --out {run}`")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    plots = run / "plots"
+    prof, pred, search = _load(run, "profile"), _load(run, "predictor"), _load(run, "search")
+    train, measure, base = _load(run, "train"), _load(run, "measure"), _load(run, "baseline")
+    heat = plot_heatmap(run, cfg, plots / "block_latency_heatmap.png")
+    nets = plot_networks(pred, measure, base, plots / "networks_pred_vs_measured.png")
+    curves, probs = plot_search(search, plots / "search_curves.png", plots / "search_probabilities.png") \
+        if search else (None, None)
+    arch = plot_arch(search["blocks"], plots / "found_arch.png", "found network") if search else None
+    pareto = plot_pareto(measure, train, base, cfg.get("target_ms"), plots / "accuracy_vs_latency.png")
+    s = summary(run)
+    (run / "summary.json").write_text(json.dumps(s, indent=2))
+
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>hwnas run {e(run.name)}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>hwnas: a network specialised for {e(str(cfg['device']))} ({e(cfg['backend'])})</h1>",
+             f"<p class='muted'>run folder <code>{e(str(run))}</code>, report written "
+             f"{e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}; search space <code>{e(cfg['space'])}</code>, "
+             f"data <code>{e(str(cfg['data']))}</code>.</p>"]
+    # headline
+    if measure:
+        ok = measure["within_10pct"]
+        tgt = cfg.get("target_ms")
+        met = measure.get("meets_target")
+        parts.append(
+            f"<p class='big'>Found network: measured <b>{_ms(measure['measured_ms'])}</b> "
+            f"(p10–p90 {measure['p10_ms']:.4g}–{measure['p90_ms']:.4g} ms), predicted {_ms(measure['predicted_ms'])}: "
+            f"<span class='{'ok' if ok else 'bad'}'>{100 * measure['error']:+.1f} %</span>"
+            + (f"; target {tgt:g} ms <span class='{'ok' if met else 'bad'}'>{'met' if met else 'missed'}</span>"
+               if tgt else "")
+            + (f"; test accuracy <b>{train['test_acc']:.4f}</b>" if train else "") + ".</p>")
+        if s.get("speedup_vs_uniform_at_equal_accuracy"):
+            sp = s["speedup_vs_uniform_at_equal_accuracy"]
+            parts.append(f"<p>Against the fastest uniform network at least as accurate ({e(sp['member'])}): "
+                         f"<b>{sp['ratio']:.2f}x</b> the speed.</p>")
+    else:
+        parts.append("<p class='bad'>The found network has not been measured yet (the run stopped earlier).</p>")
+    # stages
+    st = json.loads((run / "stages.json").read_text()) if (run / "stages.json").exists() else {}
+    from hwnas.pipeline import STAGES
+
+    parts.append("<h2>Stages</h2>" + _table(
+        [[n, st[n]["status"], f"{st[n]['seconds']:.1f} s", st[n]["finished"]] if n in st else [n, "not run", "", ""]
+         for n in STAGES], ["stage", "status", "wall time", "finished"]))
+    # device
+    parts.append("<h2>Device and environment</h2>")
+    if prof:
+        env = prof.get("env", {})
+        rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in env.items()
+                if k not in ("snapshot", "config")]
+        conf = env.get("config") or {}
+        rows += [[f"config.{k}", v] for k, v in conf.items()]
+        parts.append(_table(rows, ["", "value"]))
+    # profiling
+    parts.append("<h2>Profiling</h2>")
+    if prof:
+        parts.append(f"<p>{prof['ok']} of {prof['blocks']} distinct blocks measured ({prof['measured_now']} in this run, "
+                     f"{prof['reused']} reused from <code>{e(prof['db'])}</code>).</p>")
+        if prof.get("failed"):
+            parts.append(_table([[k, v] for k, v in prof["failed"].items()], ["failed block", "reason"]))
+    parts.append(_img(heat, "per-block latency heat map"))
+    if (run / "profile.csv").exists():
+        import pandas as pd
+
+        df = pd.read_csv(run / "profile.csv")
+        parts.append("<details><summary>every block (" + str(len(df)) + " rows)</summary>" + _table(
+            [[r.block_key, r.status, "" if np.isnan(r.median_ms) else f"{r.median_ms:.4g}",
+              "" if np.isnan(r.p10_ms) else f"{r.p10_ms:.4g}–{r.p90_ms:.4g}", r.error if isinstance(r.error, str) else ""]
+             for r in df.itertuples()], ["block", "status", "median ms", "p10–p90 ms", "error"]) + "</details>")
+    # predictor
+    parts.append("<h2>Latency predictor</h2>")
+    if pred:
+        parts.append(f"<p>{e(pred['model'])} fitted to {pred['rows']} measured blocks; per-network overhead "
+                     f"{pred['overhead_ms']:+.4g} ms (from {(pred.get('networks') or {}).get('n', 0)} networks timed end to end).</p>")
+        rows = []
+        if pred.get("blocks_loo"):
+            bl = pred["blocks_loo"]
+            rows.append(["blocks, leave-one-out (regression)", bl["n"], _pct(bl["mape"]), _pct(bl["rmspe"]),
+                         _pct(bl["within_10pct"]), f"{bl['kendall_tau']:.3f}"])
+            fb = bl["flops_baseline"]
+            rows.append(["blocks, FLOPs baseline", fb["n"], _pct(fb["mape"]), _pct(fb["rmspe"]),
+                         _pct(fb["within_10pct"]), f"{fb['kendall_tau']:.3f}"])
+        if pred.get("networks"):
+            for name, key in (("networks, block sum only", "metrics_block_sum"),
+                              ("networks, block sum + overhead (LOO)", "metrics_loo")):
+                m = pred["networks"][key]
+                tau = m.get("kendall_tau")
+                rows.append([name, m["n"], _pct(m["mape"]), _pct(m["rmspe"]), _pct(m["within_10pct"]),
+                             "—" if tau is None or (isinstance(tau, float) and np.isnan(tau)) else f"{tau:.3f}"])
+        parts.append(_table(rows, ["evaluation", "n", "MAPE", "RMSPE", "within ±10 %", "Kendall τ"]))
+        parts.append(_img(plots / "predictor_blocks.png", "blocks: predicted against measured"))
+    parts.append(_img(nets, "whole networks: predicted against measured"))
+    # search
+    parts.append("<h2>Search</h2>")
+    if search:
+        parts.append(f"<p>Target {cfg.get('target_ms')} ms for the network; the search aimed its block sum at "
+                     f"{search.get('search_target_ms')} ms (target minus the per-network overhead). "
+                     f"The space spans {search['fastest_ms']:.4g}–{search['slowest_ms']:.4g} ms predicted.</p>")
+    parts.append(_img(curves, "search curves"))
+    parts.append(_img(probs, "architecture probabilities"))
+    parts.append("<h2>Found network</h2>")
+    parts.append(_img(arch, "found architecture"))
+    if search:
+        parts.append("<details><summary>block keys</summary><pre>" + e("\n".join(search["blocks"])) + "</pre></details>")
+    # measured vs predicted, baseline
+    parts.append("<h2>Predicted against measured, and the uniform family</h2>")
+    rows = []
+    if measure:
+        rows.append(["found network", _ms(measure["predicted_ms"]), _ms(measure["measured_ms"]),
+                     f"{100 * measure['error']:+.1f} %", f"{train['test_acc']:.4f}" if train else "—"])
+    for b in (base or {}).get("members", []):
+        err = (b["predicted_ms"] - b["measured_ms"]) / b["measured_ms"] if b.get("measured_ms") else None
+        rows.append([f"uniform {b['op']}", _ms(b["predicted_ms"]), _ms(b.get("measured_ms")),
+                     "—" if err is None else f"{100 * err:+.1f} %", f"{b['test_acc']:.4f}"])
+    parts.append(_table(rows, ["network", "predicted", "measured (median)", "error", "test accuracy"]))
+    parts.append(_img(pareto, "accuracy against latency"))
+    parts.append("<p class='muted'>Every latency on this page is a measurement of this device or a prediction "
+                 "labelled as one; nothing is filled in for a missing measurement.</p></body></html>")
+    (run / "report.html").write_text("\n".join(parts))
+    return {"html": run / "report.html", "summary": run / "summary.json", "plots": plots}
