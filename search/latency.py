@@ -21,7 +21,7 @@ from profiler.spaces import SearchSpace
 
 __all__ = ["LatencyPredictor", "LatencyTable", "latency_loss", "StoredMedians", "SearchError", "LOSSES"]
 
-LOSSES = ("add", "mul")
+LOSSES = ("add", "mul", "ratio")
 
 
 class SearchError(ValueError):
@@ -104,14 +104,23 @@ def latency_loss(ce: torch.Tensor, lat_ms: torch.Tensor, kind: str = "add", lam:
 
     - ``"add"``: ``CE + lam * LAT`` (ProxylessNAS eq. in section 3.3; ``lam`` in 1/ms).
     - ``"mul"``: ``CE * (log LAT / log T)^beta`` with T = ``target_ms``; ``beta`` defaults to 0.3,
-      the reference implementation's default. Needs T > 1 ms (log T > 0).
+      the reference implementation's default. Needs T > 1 ms (log T > 0); LAT is clamped at 1 ms
+      (below it log LAT < 0 and the power is undefined: no latency pressure there, far below T).
+    - ``"ratio"``: ``CE * (LAT / T)^beta``, the same soft constraint without units (MnasNet's
+      form): for sub-millisecond networks, where the log form is undefined. ProxylessNAS's form at
+      its 80 ms phone target is close to this one with beta / ln 80 (0.3 -> 0.07).
     """
     if kind == "add":
         return ce + lam * lat_ms
     if kind == "mul":
         if target_ms is None or target_ms <= 1.0:
-            raise SearchError("the multiplicative loss needs --target-ms above 1 ms (log T must be positive)")
-        return ce * (torch.log(lat_ms) / math.log(target_ms)) ** beta
+            raise SearchError("the multiplicative loss needs --target-ms above 1 ms (log T must be positive); "
+                              "use --loss ratio for faster targets")
+        return ce * (torch.log(torch.clamp(lat_ms, min=1.0)) / math.log(target_ms)) ** beta
+    if kind == "ratio":
+        if target_ms is None or target_ms <= 0:
+            raise SearchError("the ratio loss needs a positive --target-ms")
+        return ce * (lat_ms / target_ms) ** beta
     raise SearchError(f"unknown latency loss {kind!r}; known: {', '.join(LOSSES)}")
 
 

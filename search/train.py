@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from profiler.blocks import ArchSpec
 from profiler.spaces import load_space
 from search.data import load_data
-from search.latency import LatencyPredictor, LatencyTable, SearchError, check_target, latency_loss
+from search.latency import LOSSES, LatencyPredictor, LatencyTable, SearchError, check_target, latency_loss
 from search.supernet import MODES, Supernet
 
 __all__ = ["SearchConfig", "SearchProgress", "run_search", "train_arch", "CHECKPOINT"]
@@ -83,9 +83,11 @@ class SearchConfig:
             raise SearchError("batch size and --arch-every must be at least 1")
         if self.loss == "mul" and (self.target_ms is None or self.target_ms <= 1.0):
             raise SearchError("the multiplicative loss needs --target-ms above 1 ms (log T must be positive); "
-                              "use --loss add for faster targets")
-        if self.loss not in ("add", "mul"):
-            raise SearchError(f"unknown loss {self.loss!r}; known: add, mul")
+                              "use --loss ratio for faster targets")
+        if self.loss == "ratio" and (self.target_ms is None or self.target_ms <= 0):
+            raise SearchError("the ratio loss needs a positive --target-ms")
+        if self.loss not in LOSSES:
+            raise SearchError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

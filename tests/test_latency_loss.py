@@ -1,0 +1,31 @@
+"""The latency losses stay defined for sub-millisecond networks (tiny spaces on a desktop CPU)."""
+
+import math
+
+import pytest
+import torch
+
+from search.latency import SearchError, latency_loss
+
+
+def test_mul_loss_is_finite_below_one_ms_and_pulls_above_it():
+    ce = torch.tensor(2.0)
+    lat = torch.tensor(0.8, requires_grad=True)  # below 1 ms: log LAT < 0 would make the power NaN
+    loss = latency_loss(ce, lat, "mul", target_ms=1.5, beta=0.3)
+    loss.backward()
+    assert torch.isfinite(loss) and lat.grad == 0  # no pressure far below the target
+    lat = torch.tensor(3.0, requires_grad=True)
+    loss = latency_loss(ce, lat, "mul", target_ms=1.5, beta=0.3)
+    loss.backward()
+    assert float(loss) == pytest.approx(2.0 * (math.log(3.0) / math.log(1.5)) ** 0.3)
+    assert lat.grad > 0
+
+
+def test_ratio_loss_is_unit_free():
+    ce = torch.tensor(1.7)
+    a = latency_loss(ce, torch.tensor(0.3), "ratio", target_ms=0.2, beta=0.5)
+    b = latency_loss(ce, torch.tensor(300.0), "ratio", target_ms=200.0, beta=0.5)
+    assert float(a) == pytest.approx(float(b)) == pytest.approx(1.7 * 1.5 ** 0.5)
+    assert float(latency_loss(ce, torch.tensor(0.2), "ratio", target_ms=0.2)) == pytest.approx(1.7)
+    with pytest.raises(SearchError, match="positive"):
+        latency_loss(ce, torch.tensor(0.2), "ratio", target_ms=None)
