@@ -4,10 +4,10 @@
 setup:
 	@./scripts/setup.sh
 
-# Profile the tiny-mnist search space on this machine's CPU with ExecuTorch; print the table.
+# The main job on the embedded default: this CPU, ExecuTorch, the SQLite store data/hwnas.db;
+# a network specialised for this CPU, measured on it, with runs/host/report.html.
 demo: setup
-	.venv/bin/hwnas devices
-	.venv/bin/hwnas profile --space tiny-mnist --backend executorch --device local --db data/host.db
+	.venv/bin/hwnas run --device local --backend executorch --target-ms 0.6 --data mnist5k --out runs/host
 
 test: setup
 	.venv/bin/python -m pytest -q
@@ -16,4 +16,4 @@ bench: setup
 	.venv/bin/python benchmarks/profile_host.py
 
 clean:
-	rm -rf .venv data/host.db data/host.db-wal data/host.db-shm
+	rm -rf .venv data/hwnas.db data/hwnas.db-wal data/hwnas.db-shm runs

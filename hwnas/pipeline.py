@@ -59,13 +59,15 @@ class RunConfig:
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps
-    loss: str = "mul"  # mul: CE * (log LAT / log T)^beta; add: CE + lambda * LAT
+    loss: str = "ratio"  # ratio: CE * (LAT / T)^beta; mul: CE * (log LAT / log T)^beta; add: CE + lambda * LAT
     lam: float = 0.1  # additive loss weight (1/ms)
     beta: float = 0.6  # multiplicative loss exponent
-    arch_lr: float = 6e-3  # architecture learning rate (Adam)
+    arch_lr: float = 0.01  # architecture learning rate (Adam)
+    arch_every: int = 1  # weight steps per architecture step (ProxylessNAS: 5, over 100+ epochs)
+    search_lr: float = 0.05  # initial weight learning rate of the supernet (SGD, cosine to 0)
     train_epochs: int = 4  # epochs to train each network from scratch (found and baseline)
     batch_size: int = 64  # images per step
-    baseline: list[str] = field(default_factory=lambda: ["k3e3", "k3e6", "k7e6"])  # uniform family
+    baseline: list[str] = field(default_factory=lambda: ["k3e3", "k3e6", "k5e6"])  # uniform family
     limit: int | None = None  # use only this many images of the data set
     seed: int = 0
     train_threads: int = 0  # torch threads for search and training (0: all cores)
@@ -82,9 +84,9 @@ class RunConfig:
             raise RunError(f"unknown backend {self.backend!r}; use executorch, tvm or torch")
         if self.target_ms is not None and not self.target_ms > 0:
             raise RunError(f"--target-ms {self.target_ms:g}: give a positive latency in ms")
-        if self.loss == "mul" and self.target_ms is None:
-            raise RunError("the multiplicative latency loss needs --target-ms (ms); or use --loss add")
-        for name in ("threads", "search_epochs", "train_epochs", "batch_size"):
+        if self.loss in ("mul", "ratio") and self.target_ms is None:
+            raise RunError(f"the {self.loss} latency loss needs --target-ms (ms); or use --loss add")
+        for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every"):
             if getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1")
         if self.calibrate < 0 or self.warmup_epochs < 0 or self.warmup_epochs >= self.search_epochs:
@@ -311,21 +313,38 @@ def stage_profile(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     return out, f"{len(ok)}/{len(keys)} blocks measured ({len(res.measured)} now, {res.skipped} from the store)"
 
 
-def stage_calibrate(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
-    from profiler.spaces import load_space
-
-    cfg = run.cfg
-    space = load_space(cfg.space)
+def _calibration_archs(cfg: RunConfig, space) -> list[tuple[list[int], Any]]:
+    """Random networks to time end to end: half drawn uniformly, half drawn towards each layer's
+    fast candidates (p ~ 1 / measured ms^2), since a latency-constrained search lands at the fast
+    end of the space and the network model must hold there too."""
+    ok = _measured(cfg, [b.key for b in space.blocks()], "block")
     rng = np.random.default_rng(cfg.seed + 1)
+    probs = []
+    for i in space.searchable:
+        cands = space.layers[i].candidates
+        ms = np.array([ok[c.key]["median_ms"] if c.key in ok else np.nan for c in cands])
+        floor = np.nanmin(ms) / 2 if np.isfinite(ms).any() else 1.0
+        ms = np.where([c.kind == "zero" for c in cands], floor, np.where(np.isfinite(ms), ms, np.nanmax(ms)))
+        w = 1.0 / ms ** 2
+        probs.append(w / w.sum())
     archs, seen = [], set()
     tries = 0
     while len(archs) < cfg.calibrate and tries < 50 * max(cfg.calibrate, 1):
         tries += 1
-        choices = [int(rng.integers(len(space.layers[i].candidates))) for i in space.searchable]
+        fast = len(archs) % 2 == 1
+        choices = [int(rng.choice(len(p), p=p)) if fast else int(rng.integers(len(p))) for p in probs]
         a = space.arch(choices, f"{space.name}-random")
         if a.key not in seen:
             seen.add(a.key)
             archs.append((choices, a))
+    return archs
+
+
+def stage_calibrate(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+    from profiler.spaces import load_space
+
+    cfg = run.cfg
+    archs = _calibration_archs(cfg, load_space(cfg.space))
     if archs:
         _profile(cfg, [a for _, a in archs], progress)
     got = _measured(cfg, [a.key for _, a in archs], "network")
@@ -334,6 +353,56 @@ def stage_calibrate(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     failed = _failures(cfg, [a.key for _, a in archs if a.key not in got], "network")
     return ({"networks": nets, "failed": failed},
             f"{len(nets)} random networks timed end to end" + (f", {len(failed)} failed" if failed else ""))
+
+
+class NetworkCalibrated:
+    """A block predictor seen through the network model fitted by the calibrate stage:
+    in-network block cost = ``scale`` x the isolated block's; network = block sum + ``overhead_ms``.
+
+    ``scale`` is 1 with the constant-overhead model. Implements the predictor interface the search
+    and the report use (``predict_ms``, ``predict_network_ms``).
+    """
+
+    def __init__(self, base, scale: float = 1.0):
+        self.base, self.scale = base, float(scale)
+        self.overhead_ms = float(getattr(base, "overhead_ms", 0.0))
+        self.meta = getattr(base, "meta", {})
+
+    def predict_ms(self, blocks) -> np.ndarray:
+        return self.scale * np.asarray(self.base.predict_ms(blocks), dtype=float)
+
+    def predict_network_ms(self, arch) -> float:
+        blocks = arch.blocks if hasattr(arch, "blocks") else list(arch)
+        return float(np.sum(self.predict_ms(blocks)) + self.overhead_ms)
+
+    def describe(self) -> str:
+        d = self.base.describe()
+        return d if self.scale == 1.0 else f"{d}; in-network scale {self.scale:.3f}"
+
+
+def _network_models(sums: np.ndarray, meas: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Two network models of (block sum -> measured ms), each scored by leave-one-out:
+    ``offset``: y = x + c; ``linear``: y = a x + c (needs 4+ networks)."""
+    def fit(kind, x, y):
+        if kind == "offset":
+            return 1.0, float(np.mean(y - x))
+        a, c = np.polyfit(x, y, 1)
+        return float(a), float(c)
+
+    out = {}
+    n = len(sums)
+    for kind in ("offset", "linear"):
+        if kind == "linear" and n < 4:
+            continue
+        loo = np.array([np.nan] * n)
+        if n > 1:
+            for i in range(n):
+                keep = np.arange(n) != i
+                a, c = fit(kind, sums[keep], meas[keep])
+                loo[i] = a * sums[i] + c
+        a, c = fit(kind, sums, meas)
+        out[kind] = {"scale": a, "offset_ms": c, "predicted_loo_ms": loo}
+    return out
 
 
 def _block_entries(cfg: RunConfig):
@@ -371,28 +440,41 @@ def stage_predictor(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
         nets = [[BlockSpec.from_key(k) for k in n["blocks"]] for n in cal]
         meas = np.array([n["measured_ms"] for n in cal])
         sums = np.array([float(np.sum(pred.predict_ms(b))) for b in nets])
+        models = _network_models(sums, meas)
+        for m in models.values():
+            m["metrics_loo"] = metrics(meas, m["predicted_loo_ms"]) if len(cal) > 1 else None
+        # the model with the lower leave-one-out error; the simpler one on a tie or with few networks
+        kind = "offset"
+        if "linear" in models and models["linear"]["metrics_loo"]["mape"] < 0.9 * models["offset"]["metrics_loo"]["mape"]:
+            kind = "linear"
+        chosen = models[kind]
         pred = fit_overhead(pred, nets, meas)
-        # leave-one-out on the overhead: each network predicted with the overhead of the others
-        loo = np.array([sums[i] + np.mean(np.delete(meas - sums, i)) if len(cal) > 1 else sums[i] + pred.overhead_ms
-                        for i in range(len(cal))])
-        net_eval = {"n": len(cal), "overhead_ms": pred.overhead_ms, "block_sum_ms": sums.tolist(),
-                    "measured_ms": meas.tolist(), "predicted_loo_ms": loo.tolist(),
-                    "metrics_block_sum": metrics(meas, sums), "metrics_loo": metrics(meas, loo)}
+        pred.overhead_ms = chosen["offset_ms"]
+        pred.meta = dict(pred.meta, network_model=kind, network_scale=chosen["scale"])
+        net_eval = {"n": len(cal), "model": kind, "scale": chosen["scale"], "overhead_ms": chosen["offset_ms"],
+                    "block_sum_ms": sums.tolist(), "measured_ms": meas.tolist(),
+                    "predicted_loo_ms": chosen["predicted_loo_ms"].tolist(),
+                    "metrics_block_sum": metrics(meas, sums), "metrics_loo": chosen["metrics_loo"],
+                    "candidates": {k: {"scale": v["scale"], "offset_ms": v["offset_ms"], "metrics_loo": v["metrics_loo"]}
+                                   for k, v in models.items()}}
     path = save_predictor(pred, run.dir / PREDICTOR_FILE)
-    out = {"path": str(path), "model": pred.describe(), "rows": len(entries), "overhead_ms": pred.overhead_ms,
+    out = {"path": str(path), "model": NetworkCalibrated(pred, pred.meta.get("network_scale", 1.0)).describe(),
+           "rows": len(entries), "overhead_ms": pred.overhead_ms,
            "blocks_loo": block_eval, "networks": net_eval, "meta": meta}
     s = f"{pred.describe()} on {len(entries)} blocks"
     if block_eval:
         s += f"; block LOO MAPE {100 * block_eval['mape']:.1f}% (FLOPs baseline {100 * block_eval['flops_baseline']['mape']:.1f}%)"
     if net_eval:
-        s += f"; overhead {net_eval['overhead_ms']:+.3f} ms, networks within 10%: {100 * net_eval['metrics_loo']['within_10pct']:.0f}%"
+        s += (f"; networks: {net_eval['model']} model (x{net_eval['scale']:.3f} {net_eval['overhead_ms']:+.3f} ms)"
+              + (f", LOO within 10%: {100 * net_eval['metrics_loo']['within_10pct']:.0f}%" if net_eval["metrics_loo"] else ""))
     return out, s
 
 
-def _load_pred(run: Run):
+def _load_pred(run: Run) -> NetworkCalibrated:
     from predictor import load_predictor
 
-    return load_predictor(run.dir / PREDICTOR_FILE)
+    base = load_predictor(run.dir / PREDICTOR_FILE)
+    return NetworkCalibrated(base, float(base.meta.get("network_scale", 1.0)))
 
 
 def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
@@ -410,6 +492,7 @@ def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     out = run.dir / "search"
     scfg = SearchConfig(space=cfg.space, data=cfg.data, out=str(out), epochs=cfg.search_epochs,
                         warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
+                        arch_every=cfg.arch_every, lr=cfg.search_lr,
                         loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, target_ms=target, seed=cfg.seed,
                         limit=cfg.limit, predictor=str(run.dir / PREDICTOR_FILE), threads=_train_threads(cfg))
     try:

@@ -92,7 +92,7 @@ def plot_networks(pred: dict[str, Any], measure: dict[str, Any] | None, baseline
     nets = (pred or {}).get("networks") or {}
     pts: list[tuple[float, float, str]] = []
     for m, p in zip(nets.get("measured_ms", []), nets.get("predicted_loo_ms", [])):
-        pts.append((m, p, "random networks (overhead left out, LOO)"))
+        pts.append((m, p, "calibration networks (leave-one-out)"))
     for b in (baseline or {}).get("members", []):
         if b.get("measured_ms"):
             pts.append((b["measured_ms"], b["predicted_ms"], "uniform baseline"))
@@ -107,7 +107,7 @@ def plot_networks(pred: dict[str, Any], measure: dict[str, Any] | None, baseline
     line = np.linspace(lo, hi, 50)
     ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="±10 %")
     ax.plot(line, line, color="tab:green", lw=0.8)
-    style = {"random networks (overhead left out, LOO)": ("tab:blue", "o", 18),
+    style = {"calibration networks (leave-one-out)": ("tab:blue", "o", 18),
              "uniform baseline": ("tab:orange", "s", 26), "found network": ("tab:red", "*", 140)}
     for label, (color, marker, size) in style.items():
         sel = [(m, p) for m, p, lab in pts if lab == label]
@@ -194,7 +194,8 @@ def plot_arch(blocks: list[str], out: Path, title: str) -> Path:
         elif b.kind == "zero":
             w, label, c = 0.45, "skip", "#e9ecef"
         else:
-            w, label, c = 0.6, {"conv": "Conv", "logits": "FC", "pool": "Pool"}.get(b.kind, b.kind), "#ced4da"
+            w, label, c = 0.6, {"conv": f"Conv\n{b.kernel}x{b.kernel}", "final_conv": "Conv\n1x1",
+                                 "logits": "Pool\n+FC", "pool": "Pool"}.get(b.kind, b.kind), "#ced4da"
         h = 0.5 + 0.5 * (b.out_c / max(s.out_c for s in specs))
         ax.add_patch(FancyBboxPatch((x, -h / 2), w, h, boxstyle="round,pad=0.02", facecolor=c, edgecolor="0.3"))
         ax.text(x + w / 2, 0, label, ha="center", va="center", fontsize=6.5)
@@ -257,7 +258,9 @@ def summary(run: Path) -> dict[str, Any]:
         "total_seconds": round(sum(v.get("seconds") or 0 for v in stages.values()), 2),
     }
     if pred:
-        s["predictor"] = {"model": pred["model"], "rows": pred["rows"], "overhead_ms": pred["overhead_ms"]}
+        s["predictor"] = {"model": pred["model"], "rows": pred["rows"], "overhead_ms": pred["overhead_ms"],
+                          "network_model": (pred.get("networks") or {}).get("model"),
+                          "network_scale": (pred.get("networks") or {}).get("scale")}
         if pred.get("blocks_loo"):
             bl = pred["blocks_loo"]
             s["predictor"]["blocks_loo"] = {k: bl[k] for k in ("n", "mape", "rmspe", "within_10pct", "kendall_tau")}
@@ -384,8 +387,11 @@ def write_report(run: str | Path) -> dict[str, Path]:
     # predictor
     parts.append("<h2>Latency predictor</h2>")
     if pred:
-        parts.append(f"<p>{e(pred['model'])} fitted to {pred['rows']} measured blocks; per-network overhead "
-                     f"{pred['overhead_ms']:+.4g} ms (from {(pred.get('networks') or {}).get('n', 0)} networks timed end to end).</p>")
+        nw = pred.get("networks") or {}
+        how = (f"network model <b>{e(nw.get('model', 'offset'))}</b>: network = {nw.get('scale', 1.0):.3f} x block sum "
+               f"{nw['overhead_ms']:+.4g} ms, chosen by leave-one-out on {nw['n']} networks timed end to end "
+               f"(half drawn uniformly, half towards fast candidates)") if nw else "no networks timed end to end"
+        parts.append(f"<p>{e(pred['model'])} fitted to {pred['rows']} measured blocks; {how}.</p>")
         rows = []
         if pred.get("blocks_loo"):
             bl = pred["blocks_loo"]
@@ -396,8 +402,10 @@ def write_report(run: str | Path) -> dict[str, Path]:
                          _pct(fb["within_10pct"]), f"{fb['kendall_tau']:.3f}"])
         if pred.get("networks"):
             for name, key in (("networks, block sum only", "metrics_block_sum"),
-                              ("networks, block sum + overhead (LOO)", "metrics_loo")):
+                              ("networks, network model (leave-one-out)", "metrics_loo")):
                 m = pred["networks"][key]
+                if not m:
+                    continue
                 tau = m.get("kendall_tau")
                 rows.append([name, m["n"], _pct(m["mape"]), _pct(m["rmspe"]), _pct(m["within_10pct"]),
                              "—" if tau is None or (isinstance(tau, float) and np.isnan(tau)) else f"{tau:.3f}"])

@@ -25,10 +25,12 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "predictor": (str, "latency model: hybrid (table where measured, regression elsewhere), lut, regression"),
     "search_epochs": (int, "search epochs, warm-up included (count)"),
     "warmup_epochs": (int, "weight-only epochs before the architecture is updated (count)"),
-    "loss": (str, "latency loss: mul (CE * (log LAT / log T)^beta) or add (CE + lambda * LAT)"),
+    "loss": (str, "latency loss: ratio (CE * (LAT / T)^beta), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),
     "lam": (float, "weight of the additive latency loss (1/ms)"),
     "beta": (float, "exponent of the multiplicative latency loss"),
     "arch_lr": (float, "architecture learning rate (Adam)"),
+    "arch_every": (int, "weight steps per architecture step (count)"),
+    "search_lr": (float, "initial weight learning rate of the supernet (SGD, cosine to 0)"),
     "train_epochs": (int, "epochs to train the found network and each baseline from scratch (count)"),
     "batch_size": (int, "images per step (count)"),
     "limit": (int, "use only this many images of the data set (count)"),
@@ -182,6 +184,11 @@ def _print_summary(s: dict[str, Any], out: str, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if "stages" in s:  # stopped early (--until): what is done so far
+        done = ", ".join(f"{k} ({v['seconds']:.1f} s)" for k, v in s["stages"].items())
+        Console().print(f"stages done in {out}: {done}; run the same command without --until to go on")
+        return 0
+
     t = Table(title=f"hwnas run {out}")
     t.add_column("")
     t.add_column("value")
@@ -202,8 +209,7 @@ def _print_summary(s: dict[str, Any], out: str, as_json: bool) -> int:
     for k, v in (s.get("stage_seconds") or {}).items():
         t.add_row(f"time: {k}", f"{v:.1f} s")
     Console().print(t)
-    if "stages" not in s:
-        print(f"report: {out}/report.html")
+    print(f"report: {out}/report.html")
     return 0
 
 
