@@ -60,8 +60,14 @@ def _quiet_library_warnings() -> None:
     import os
     import warnings
 
+    import logging
+
     for cat in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=cat)
+    # torchao (pulled in by ExecuTorch's export) logs each CUDA kernel library it cannot load on a
+    # CPU machine; torch's pytree logs a deprecation of its own API
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
 
 
