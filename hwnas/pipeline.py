@@ -506,6 +506,7 @@ def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     r = {"arch": str(out / "arch.json"), "choices": arch.meta["choices"], "blocks": arch.keys,
          "predicted_ms": float(predicted), "block_sum_ms": arch.meta["predicted_ms"], "overhead_ms": overhead,
          "search_target_ms": target, "target_ms": cfg.target_ms, "log": res.log,
+         "resumed_from_epoch": res.resumed_from,
          "probabilities": arch.meta.get("probabilities"), "test_acc_supernet": arch.meta.get("test_acc_supernet"),
          "fastest_ms": arch.meta["fastest_ms"] + overhead, "slowest_ms": arch.meta["slowest_ms"] + overhead}
     return r, f"found {arch.meta['choices']}: predicted {predicted:.4g} ms (target {cfg.target_ms} ms)"

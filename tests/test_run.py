@@ -149,3 +149,36 @@ def test_help_names_units():
     out = " ".join(out.split())  # argparse wraps lines
     for text in ("(ms, whole network", "(count)", "[default: executorch]", "--config"):
         assert text in out
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_search_resumes_from_its_checkpoint(tmp_path):
+    import os
+    import signal
+    import time
+
+    cfg = _cfg(tmp_path, search_epochs=4, calibrate=0, baseline=[])
+    conf = tmp_path / "run.yaml"
+    conf.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.to_dict().items() if v is not None))
+    cmd = [sys.executable, "-m", "hwnas.cli", "run", "--config", str(conf), "--until", "search", "--json"]
+    ckpt = Path(cfg.out) / "search" / "checkpoint.pt"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ckpt.exists(), "the search never wrote a checkpoint"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    state = json.loads((Path(cfg.out) / "stages.json").read_text())
+    assert "search" not in state and "predictor" in state  # killed inside the search stage
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    state2 = json.loads((Path(cfg.out) / "stages.json").read_text())
+    assert state2["profile"] == state["profile"] and state2["predictor"] == state["predictor"]
+    log = json.loads((Path(cfg.out) / "search" / "log.json").read_text())
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3]  # every epoch once
+    assert json.loads((Path(cfg.out) / "search.json").read_text())["resumed_from_epoch"] >= 1  # not restarted
+    assert (Path(cfg.out) / "search" / "arch.json").exists()
