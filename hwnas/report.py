@@ -123,7 +123,8 @@ def plot_networks(pred: dict[str, Any], measure: dict[str, Any] | None, baseline
     return _save(fig, out)
 
 
-def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path) -> tuple[Path | None, Path | None]:
+def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path,
+                labels: list[list[str]] | None = None) -> tuple[Path | None, Path | None]:
     log = search.get("log") or []
     curves = probs = None
     if log:
@@ -162,7 +163,12 @@ def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path) -> tu
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 else "black")
         for i, c in enumerate(search.get("choices") or []):
             ax.add_patch(_rect(c - 0.5, i - 0.5, 1, 1))
-        ax.set_xlabel("candidate index (see the table; boxed: chosen)")
+        longest = max(labels or [[]], key=len)
+        if labels and len(longest) == width and all(lab == longest[: len(lab)] for lab in labels):
+            ax.set_xticks(range(width), longest)
+            ax.set_xlabel("candidate (kernel k, expand ratio e; boxed: chosen)")
+        else:
+            ax.set_xlabel("candidate index (boxed: chosen)")
         ax.set_ylabel("searchable layer")
         ax.set_title("architecture probabilities after the search", fontsize=9)
         fig.colorbar(im, ax=ax)
@@ -320,8 +326,13 @@ def write_report(run: str | Path) -> dict[str, Path]:
     train, measure, base = _load(run, "train"), _load(run, "measure"), _load(run, "baseline")
     heat = plot_heatmap(run, cfg, plots / "block_latency_heatmap.png")
     nets = plot_networks(pred, measure, base, plots / "networks_pred_vs_measured.png")
-    curves, probs = plot_search(search, plots / "search_curves.png", plots / "search_probabilities.png") \
-        if search else (None, None)
+    curves, probs = (None, None)
+    if search:
+        from profiler.spaces import load_space
+
+        space = load_space(cfg["space"])
+        labels = [[_op_label(c) for c in space.layers[i].candidates] for i in space.searchable]
+        curves, probs = plot_search(search, plots / "search_curves.png", plots / "search_probabilities.png", labels)
     arch = plot_arch(search["blocks"], plots / "found_arch.png", "found network") if search else None
     pareto = plot_pareto(measure, train, base, cfg.get("target_ms"), plots / "accuracy_vs_latency.png")
     s = summary(run)
@@ -415,8 +426,9 @@ def write_report(run: str | Path) -> dict[str, Path]:
     # search
     parts.append("<h2>Search</h2>")
     if search:
-        parts.append(f"<p>Target {cfg.get('target_ms')} ms for the network; the search aimed its block sum at "
-                     f"{search.get('search_target_ms')} ms (target minus the per-network overhead). "
+        st_ms = search.get("search_target_ms")
+        parts.append(f"<p>Target {_ms(cfg.get('target_ms'))} for the network; the search aimed its block sum at "
+                     f"{_ms(st_ms)} (the target through the network model). "
                      f"The space spans {search['fastest_ms']:.4g}–{search['slowest_ms']:.4g} ms predicted.</p>")
     parts.append(_img(curves, "search curves"))
     parts.append(_img(probs, "architecture probabilities"))
