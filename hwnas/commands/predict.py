@@ -66,6 +66,11 @@ def register(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--arch", help="an arch.json (ArchSpec): the network latency, overhead included")
     what.add_argument("--block", action="append", metavar="KEY", help="a block key; repeat for more")
+    what.add_argument("--model", metavar="MODULE:FACTORY",
+                      help="any torch nn.Module: package.module:factory, a callable returning it (the current "
+                           "folder is searched too); decomposed into blocks through torch.export, and parts "
+                           "that match no block kind are listed")
+    p.add_argument("--image-size", type=int, default=224, help="with --model: input height and width (pixels)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
 
@@ -273,6 +278,8 @@ def cmd_predict(args) -> int:
         else:
             print(f"{total:.4f} ms  ({len(blocks)} blocks {per.sum():.4f} ms + overhead {pred.overhead_ms:.4f} ms)")
         return 0
+    if args.model:
+        return _predict_model(pred, args)
     blocks = [BlockSpec.from_key(k) for k in args.block]
     per = _user(pred.predict_ms, blocks)
     if args.json:
@@ -282,6 +289,38 @@ def cmd_predict(args) -> int:
     else:
         for b, v in zip(blocks, per):
             print(f"{v:.4f} ms  {b.key}")
+    return 0
+
+
+def _predict_model(pred, args) -> int:
+    """--model: decompose the module into blocks; predict the matched part and say what it leaves out."""
+    from predictor.decompose import decompose_factory
+
+    d = _user(decompose_factory, args.model, args.image_size)
+    if not d.blocks:
+        raise UserError(f"--model {args.model}: no part of it matches a block kind ({d.unmatched_summary()}); "
+                        "nothing to predict")
+    per = _user(pred.predict_ms, d.blocks)
+    blocks_ms = float(sum(per))
+    total = blocks_ms + pred.overhead_ms
+    out = {"latency_ms": total, "blocks_ms": blocks_ms, "overhead_ms": pred.overhead_ms, "model": args.model,
+           "input_shape": list(d.input_shape), "predictor": args.predictor, "complete": d.complete,
+           "covers": "the whole network" if d.complete else "only the matched blocks; see unmatched",
+           "blocks": [{"block_key": b.key, "latency_ms": float(v)} for b, v in zip(d.blocks, per)],
+           "unmatched": [u.to_dict() for u in d.unmatched]}
+    if args.json:
+        print(json.dumps(_clean(out), indent=2))
+        return 0
+    for b, v in zip(d.blocks, per):
+        print(f"{v:9.4f} ms  {b.key}")
+    print(f"{total:.4f} ms  {args.model} at {'x'.join(map(str, d.input_shape))} ({len(d.blocks)} blocks "
+          f"{blocks_ms:.4f} ms + overhead {pred.overhead_ms:.4f} ms)")
+    if d.unmatched:
+        print(f"covers only the matched part: {len(d.unmatched)} graph node(s) match no block kind and are "
+              f"not in the prediction ({d.unmatched_summary()}):")
+        for u in d.unmatched:
+            shp = "x".join(map(str, u.output_shape)) if u.output_shape else "?"
+            print(f"  {u.node}: {u.op} -> {shp} ({u.reason})")
     return 0
 
 
