@@ -18,9 +18,10 @@ from predictor._base import Predictor, PredictorError
 from predictor._metrics import METRIC_KEYS, fold_indices, metrics
 from predictor.features import FEATURE_NAMES, features
 from predictor.regression import FAMILIES, MIN_ROWS, fit_state, predict_state, select_family
-from profiler.blocks import BlockSpec
+from profiler.blocks import BlockSpec, flops
 
-__all__ = ["Evaluation", "cross_validate", "score", "metrics", "plot", "METRIC_KEYS"]
+__all__ = ["Evaluation", "cross_validate", "cross_validate_networks", "score", "score_networks", "metrics", "plot",
+           "METRIC_KEYS"]
 
 _MFLOPS = FEATURE_NAMES.index("mflops")
 
@@ -35,6 +36,7 @@ class Evaluation:
     predicted_ms: np.ndarray
     baseline_ms: np.ndarray
     how: dict[str, Any] = field(default_factory=dict)
+    unit: str = "block"  # what a row is: "block" (keys are block keys) or "network" (keys name the rows)
 
     @property
     def scores(self) -> dict[str, Any]:
@@ -45,7 +47,8 @@ class Evaluation:
     def to_dict(self, rows: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = dict(self.scores, **self.how)
         if rows:
-            d["rows"] = [{"block_key": k, "measured_ms": float(m), "predicted_ms": float(p), "flops_baseline_ms": float(b)}
+            name = "block_key" if self.unit == "block" else self.unit
+            d["rows"] = [{name: k, "measured_ms": float(m), "predicted_ms": float(p), "flops_baseline_ms": float(b)}
                          for k, m, p, b in zip(self.keys, self.measured_ms, self.predicted_ms, self.baseline_ms)]
         return d
 
@@ -128,6 +131,80 @@ def score(pred: Predictor, blocks: Sequence[BlockSpec], y_ms: Sequence[float], f
     seen |= set(getattr(pred, "train_keys", [])) | set(getattr(getattr(pred, "regression", None), "train_keys", []))
     how = {"mode": "score", "predictor": pred.describe(), "seen_in_training": sum(b.key in seen for b in blocks)}
     return Evaluation([b.key for b in blocks], y, p, base, how)
+
+
+# ---- whole networks ----------------------------------------------------------------------------------
+
+def _network_inputs(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float], least: int) -> tuple[list, np.ndarray,
+                                                                                                   np.ndarray]:
+    nets = [list(n) for n in nets]
+    y = np.asarray(y_ms, dtype=float)
+    if len(nets) != len(y):
+        raise PredictorError(f"{len(nets)} networks but {len(y)} latencies")
+    if len(nets) < least:
+        raise PredictorError(f"this needs at least {least} measured networks, got {len(nets)}")
+    mflops = np.array([sum(flops(b) for b in n) / 1e6 for n in nets])
+    return nets, y, mflops
+
+
+def _network_keys(nets: list) -> list[str]:
+    return [f"network {i + 1} ({len(n)} blocks)" for i, n in enumerate(nets)]
+
+
+def score_networks(pred: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float],
+                   folds: int | str = 5, seed: int = 0) -> Evaluation:
+    """Scores of a fitted predictor on whole-network latencies (ms): block sum + its overhead per network.
+
+    The FLOPs baseline (latency = a * network FLOPs + b) is cross-validated on the same networks.
+
+    Raises:
+        PredictorError: no networks. UnknownBlockError: a lookup table lacks a block of a network.
+    """
+    nets, y, mf = _network_inputs(nets, y_ms, 1)
+    p = np.array([pred.predict_network_ms(n) for n in nets])
+    base = np.full(len(y), np.nan)
+    if len(y) >= 2:
+        for tr, te in fold_indices(len(y), folds, seed):
+            slope, icpt = _fit_flops(mf[tr], y[tr])
+            base[te] = slope * mf[te] + icpt
+    how = {"mode": "score", "predictor": pred.describe(), "overhead_ms": pred.overhead_ms,
+           "networks_in_training": pred.meta.get("networks") if pred.meta.get("fitted_from") == "networks" else None}
+    return Evaluation(_network_keys(nets), y, p, base, how, unit="network")
+
+
+def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float], folds: int | str = 5,
+                            seed: int = 0, base: Predictor | None = None) -> Evaluation:
+    """Out-of-fold network predictions (ms): each network is predicted by a model fitted without it.
+
+    Without ``base``: per-block costs and an overhead learned from the training networks alone
+    (`fit_networks`). With ``base`` (a block predictor fitted on separate block measurements): only
+    the per-network overhead is fitted on the training networks (`fit_overhead`). The FLOPs baseline
+    (a * network FLOPs + b) is fitted on the same folds.
+
+    Raises:
+        PredictorError: fewer than 3 networks, bad folds. UnknownBlockError: ``base`` is a table that
+            lacks a block of a network.
+    """
+    from predictor.network import fit_networks, fit_overhead
+
+    nets, y, mf = _network_inputs(nets, y_ms, 3)
+    try:
+        splits = fold_indices(len(y), folds, seed)
+    except ValueError as e:
+        raise PredictorError(str(e)) from None
+    if any(len(tr) < 2 for tr, _ in splits):
+        raise PredictorError(f"{folds} folds of {len(y)} networks leave fewer than 2 to fit on; use fewer folds")
+    pred, bl = np.empty(len(y)), np.empty(len(y))
+    for tr, te in splits:
+        train = [nets[i] for i in tr]
+        m = fit_overhead(base, train, y[tr]) if base is not None else fit_networks(train, y[tr])
+        pred[te] = [m.predict_network_ms(nets[i]) for i in te]
+        slope, icpt = _fit_flops(mf[tr], y[tr])
+        bl[te] = slope * mf[te] + icpt
+    how = {"mode": "cross-validation", "folds": folds, "seed": seed,
+           "model": f"block predictor ({base.describe()}) + overhead fitted per fold" if base is not None
+           else "per-block costs and overhead learned from the training networks (fit_networks)"}
+    return Evaluation(_network_keys(nets), y, pred, bl, how, unit="network")
 
 
 def plot(ev: Evaluation, path: str | Path, title: str = "") -> Path:

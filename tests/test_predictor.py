@@ -415,3 +415,89 @@ def test_real_measurements_fit_evaluate(measured_db, tmp_path, capsys):
 def test_cli_evaluate_needs_one_mode(measured_db, capsys):
     assert _main(["evaluate", "--db", measured_db, "--backend", "torch"]) == 2
     assert "--cv" in capsys.readouterr().err
+
+
+# ---- network-level evaluation ----------------------------------------------------------------------
+
+def _network_rows(tmp_path, n, cost, overhead, seed):
+    """n random networks of tiny-space blocks, latency = sum of `cost` + overhead; JSONL and CSV files."""
+    import csv
+
+    blocks = load_space("tiny").blocks()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        pick = [blocks[i].key for i in rng.integers(0, len(blocks), rng.integers(2, 8))]
+        rows.append({"blocks": pick, "latency_ms": sum(cost[k] for k in pick) + overhead})
+    f = tmp_path / "nets.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = tmp_path / "nets.csv"
+    with c.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["blocks", "latency_ms"])
+        for r in rows:
+            w.writerow([json.dumps(r["blocks"]), r["latency_ms"]])
+    return f, c, rows
+
+
+def test_cli_evaluate_networks_cv_fits_on_the_folds(tmp_path, capsys):
+    blocks = load_space("tiny").blocks()
+    rng = np.random.default_rng(4)
+    cost = {b.key: float(v) for b, v in zip(blocks, rng.uniform(0.1, 1.0, len(blocks)))}
+    f, c, rows = _network_rows(tmp_path, 50, cost, 0.25, seed=5)
+    png = tmp_path / "nets.png"
+    assert _main(["evaluate", "--networks", f, "--cv", 5, "--json", "--rows", "--plot", png]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n"] == 50 and s["mode"] == "cross-validation" and png.read_bytes()[:4] == b"\x89PNG"
+    assert [r["measured_ms"] for r in s["rows"]] == pytest.approx([r["latency_ms"] for r in rows])
+    # the sums are exactly linear in the block counts: models fitted on 40 networks predict the other 10
+    assert s["mape"] < 1e-3 and s["within_5pct"] == 1.0
+    assert s["flops_baseline"]["mape"] > 10 * s["mape"]  # random costs are not proportional to FLOPs
+    m = metrics([r["measured_ms"] for r in s["rows"]], [r["predicted_ms"] for r in s["rows"]])
+    assert m["rmspe"] == pytest.approx(s["rmspe"])
+    # held out for real: with fewer networks than distinct blocks + 1 the folds cannot recover the costs
+    (tmp_path / "few").mkdir()
+    f2, _, _ = _network_rows(tmp_path / "few", 6, cost, 0.25, seed=6)
+    assert _main(["evaluate", "--networks", f2, "--cv", "loo", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mape"] > 1e-3
+    # CSV, leave-one-out
+    assert _main(["evaluate", "--networks", c, "--cv", "loo", "--json"]) == 0
+    s2 = json.loads(capsys.readouterr().out)
+    assert s2["n"] == 50 and s2["folds"] == "loo" and s2["mape"] < 1e-3
+
+
+def test_cli_evaluate_networks_on_a_block_predictor(tmp_path, capsys):
+    """--lut + --networks --cv: the table prices the blocks, the overhead is fitted on each fold."""
+    t = read_lut_yaml(PROXYLESS)
+    cost = {k: e.mean_ms for k, e in t.entries.items()}
+    f, _, rows = _network_rows(tmp_path, 20, cost, 0.3, seed=7)
+    assert _main(["evaluate", "--networks", f, "--lut", PROXYLESS, "--model", "lut", "--cv", 4, "--json",
+                  "--rows"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert "overhead fitted per fold" in s["model"] and s["mape"] < 1e-9
+    # a saved predictor scored on the networks: block sum + its overhead; without one, the sums are 0.3 ms short
+    out = tmp_path / "lut.json"
+    save_predictor(t, out)
+    assert _main(["evaluate", "--networks", f, "--predictor", out, "--json", "--rows"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert [r["measured_ms"] - r["predicted_ms"] for r in s["rows"]] == pytest.approx([0.3] * 20)
+    assert s["rows"][0]["network"].startswith("network 1")
+    p = fit_networks(*read_networks(f))
+    save_predictor(p, out)
+    assert _main(["evaluate", "--networks", f, "--predictor", out]) == 0
+    assert "fitted on 20 networks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "too-few", "both"])
+def test_cli_evaluate_networks_bad_input(tmp_path, capsys, case):
+    cost = {k: e.mean_ms for k, e in read_lut_yaml(PROXYLESS).entries.items()}
+    f, _, _ = _network_rows(tmp_path, 2, cost, 0.3, seed=8)
+    lut = tmp_path / "lut.json"
+    save_predictor(read_lut_yaml(PROXYLESS), lut)
+    argv = {"missing": ["evaluate", "--networks", tmp_path / "nope.jsonl", "--cv", 5],
+            "too-few": ["evaluate", "--networks", f, "--cv", 5],
+            "both": ["evaluate", "--networks", f, "--lut", PROXYLESS, "--predictor", lut]}[case]
+    assert _main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hwnas ") and "\n" not in err
+    assert {"missing": "no such file", "too-few": "at least 3", "both": "--cv only"}[case] in err

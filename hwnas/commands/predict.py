@@ -42,13 +42,18 @@ def register(sub) -> None:
 
     p = sub.add_parser("evaluate", help="how accurate a predictor is (RMSE, MAPE, Kendall tau, vs a FLOPs baseline)",
                        formatter_class=HELP_FMT,
-                       description="Score a saved predictor on measured blocks (--predictor with --db or --lut), "
-                                   "or cross-validate fresh models on them (--cv 5 or --cv loo). Relative errors "
-                                   "are fractions in --json (0.05 = 5 %%); latencies are ms. A FLOPs-proportional "
-                                   "model (a * FLOPs + b) fitted on the same folds is reported beside.")
+                       description="Score a saved predictor on measured blocks (--predictor with --db or --lut) "
+                                   "or on whole networks (--predictor with --networks), or cross-validate fresh "
+                                   "models on them (--cv 5 or --cv loo; with --networks, network-level models are "
+                                   "fitted on the folds of the networks, on top of a block predictor fitted to "
+                                   "--db/--lut when one is given). Relative errors are fractions in --json (0.05 "
+                                   "= 5 %%); latencies are ms. A FLOPs-proportional model (a * FLOPs + b) "
+                                   "fitted on the same folds is reported beside.")
     p.add_argument("--predictor", help="a saved predictor (.json) to score")
     p.add_argument("--db", help="SQLite store of measured blocks")
     p.add_argument("--lut", help="a ProxylessNAS / Once-for-All LUT .yaml of measured blocks")
+    p.add_argument("--networks", help="whole-network latencies (.jsonl lines {\"blocks\": [...], \"latency_ms\": x}, "
+                                      "or .csv with the columns blocks and latency_ms): evaluate at network level")
     p.add_argument("--device", default="local", help="with --db: device spec")
     p.add_argument("--backend", default="executorch", help="with --db: backend")
     p.add_argument("--threads", type=int, help="with --db: thread count")
@@ -207,27 +212,59 @@ def _print_cv(scores: dict, chosen: str, folds: Any) -> None:
 
 # ---- evaluate -----------------------------------------------------------------------------------
 
+def _evaluate_networks(args):
+    """--networks: score a predictor on whole networks, or cross-validate network-level models."""
+    from predictor.evaluate import cross_validate_networks, score_networks
+    from predictor.io import read_networks
+
+    if not Path(args.networks).exists():
+        raise UserError(f"{args.networks}: no such file")
+    nets, y = _user(read_networks, args.networks)
+    if args.predictor:
+        if args.db or args.lut:
+            raise UserError("--predictor with --networks scores the saved predictor; --db/--lut are used with --cv only")
+        return _user(score_networks, _load(args.predictor), nets, y, 5, args.seed)
+    base = None
+    if args.db or args.lut:  # a block predictor from the block rows; only the overhead is fitted on the folds
+        from predictor import fit_predictor
+        from predictor.regression import MIN_ROWS
+
+        entries, meta = _entries(args)
+        if len(entries) < MIN_ROWS:
+            raise UserError(f"{args.db or args.lut}: {len(entries)} measured block(s); a block predictor needs at "
+                            f"least {MIN_ROWS}")
+        model = "hybrid" if args.model == "auto" else args.model
+        base = _user(fit_predictor, entries, model, 5, args.seed, meta)
+    return _user(cross_validate_networks, nets, y, _folds(args.cv), args.seed, base)
+
+
 def cmd_evaluate(args) -> int:
     from predictor.evaluate import cross_validate, plot, score
     from profiler.blocks import BlockSpec
 
-    if not (args.db or args.lut):
-        raise UserError("name the measured blocks to evaluate on: --db DB or --lut FILE.yaml")
+    if not (args.db or args.lut or args.networks):
+        raise UserError("name the data to evaluate on: --db DB or --lut FILE.yaml (blocks), or --networks FILE "
+                        "(whole networks)")
     if bool(args.predictor) == bool(args.cv):
         raise UserError("give --predictor P (score a saved predictor) or --cv 5|loo (cross-validate), one of them")
-    entries, meta = _entries(args)
-    keys = [k for k, e in entries.items() if e.mean_ms > 0]
-    blocks = [BlockSpec.from_key(k) for k in keys]
-    y = [entries[k].mean_ms for k in keys]
-    if args.cv:
-        ev = _user(cross_validate, blocks, y, args.model, _folds(args.cv), args.seed)
+    if args.networks:
+        ev = _evaluate_networks(args)
+        data = args.networks
     else:
-        pred = _load(args.predictor)
-        ev = _user(score, pred, blocks, y, 5, args.seed)
-    ev.how["data"] = args.db or args.lut
+        entries, meta = _entries(args)
+        keys = [k for k, e in entries.items() if e.mean_ms > 0]
+        blocks = [BlockSpec.from_key(k) for k in keys]
+        y = [entries[k].mean_ms for k in keys]
+        if args.cv:
+            ev = _user(cross_validate, blocks, y, args.model, _folds(args.cv), args.seed)
+        else:
+            pred = _load(args.predictor)
+            ev = _user(score, pred, blocks, y, 5, args.seed)
+        data = args.db or args.lut
+    ev.how["data"] = data
     if args.plot:
-        plot(ev, args.plot, title=f"{args.db or args.lut}: " + (f"{args.cv}-fold CV" if args.cv and args.cv != "loo"
-                                                                 else "leave-one-out" if args.cv else args.predictor))
+        plot(ev, args.plot, title=f"{Path(data).name}: " + (f"{args.cv}-fold CV" if args.cv and args.cv != "loo"
+                                                             else "leave-one-out" if args.cv else args.predictor))
     if args.json:
         print(json.dumps(_clean(ev.to_dict(rows=args.rows)), indent=2))
         return 0
@@ -235,14 +272,17 @@ def cmd_evaluate(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{ev.how.get('mode')} on {s['n']} blocks of {args.db or args.lut}", title_justify="left")
+    t = Table(title=f"{ev.how.get('mode')} on {s['n']} {ev.unit}s of {data}", title_justify="left")
     for c in ("model", "RMSE ms", "RMSPE %", "MAPE %", "within 5 %", "within 10 %", "Kendall tau"):
         t.add_column(c)
-    name = ev.how.get("predictor") or f"regression ({args.model})"
+    name = ev.how.get("predictor") or (ev.how["model"] if ev.unit == "network" else f"regression ({args.model})")
     for label, m in ((name, s), ("FLOPs baseline (a*FLOPs+b)", s["flops_baseline"])):
         t.add_row(label, f"{m['rmse_ms']:.4f}", f"{100 * m['rmspe']:.1f}", f"{100 * m['mape']:.1f}",
                   f"{100 * m['within_5pct']:.0f} %", f"{100 * m['within_10pct']:.0f} %", f"{m['kendall_tau']:.3f}")
     Console().print(t)
+    if ev.how.get("networks_in_training"):
+        print(f"note: the predictor was fitted on {ev.how['networks_in_training']} networks; if these are among "
+              "them, use --cv for an out-of-sample estimate")
     if ev.how.get("seen_in_training"):
         print(f"note: {ev.how['seen_in_training']} of {s['n']} blocks were in the predictor's training data; "
               "use --cv for an out-of-sample estimate")
