@@ -203,7 +203,8 @@ def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[
         bl[te] = slope * mf[te] + icpt
     how = {"mode": "cross-validation", "folds": folds, "seed": seed,
            "model": f"block predictor ({base.describe()}) + overhead fitted per fold" if base is not None
-           else "per-block costs and overhead learned from the training networks (fit_networks)"}
+           else "per-block costs and overhead learned from the training networks (fit_networks)",
+           "label": "blocks + overhead" if base is not None else "network fit"}
     return Evaluation(_network_keys(nets), y, pred, bl, how, unit="network")
 
 

@@ -275,7 +275,7 @@ def cmd_evaluate(args) -> int:
     t = Table(title=f"{ev.how.get('mode')} on {s['n']} {ev.unit}s of {data}", title_justify="left")
     for c in ("model", "RMSE ms", "RMSPE %", "MAPE %", "within 5 %", "within 10 %", "Kendall tau"):
         t.add_column(c)
-    name = ev.how.get("predictor") or (ev.how["model"] if ev.unit == "network" else f"regression ({args.model})")
+    name = ev.how.get("predictor") or (ev.how["label"] if ev.unit == "network" else f"regression ({args.model})")
     for label, m in ((name, s), ("FLOPs baseline (a*FLOPs+b)", s["flops_baseline"])):
         t.add_row(label, f"{m['rmse_ms']:.4f}", f"{100 * m['rmspe']:.1f}", f"{100 * m['mape']:.1f}",
                   f"{100 * m['within_5pct']:.0f} %", f"{100 * m['within_10pct']:.0f} %", f"{m['kendall_tau']:.3f}")
@@ -291,6 +291,8 @@ def cmd_evaluate(args) -> int:
 
         counts = Counter(ev.how["chosen_per_fold"])
         print("family chosen per fold: " + ", ".join(f"{f} x{n}" for f, n in counts.most_common()))
+    if ev.unit == "network" and "model" in ev.how:
+        print(f"model: {ev.how['model']}")
     if "selection" in ev.how:
         print(f"family: {ev.how['selection']}")
     if args.plot:
