@@ -501,3 +501,15 @@ def test_cli_evaluate_networks_bad_input(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert err.startswith("hwnas ") and "\n" not in err
     assert {"missing": "no such file", "too-few": "at least 3", "both": "--cv only"}[case] in err
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate", "predict", "export-lut"])
+def test_help_renders_percent_signs_once(command, capsys):
+    """argparse %-formats argument help but not descriptions: a '%%' must never reach the reader."""
+    with pytest.raises(SystemExit) as ei:
+        _main([command, "--help"])
+    assert ei.value.code == 0
+    text = capsys.readouterr().out
+    assert "%%" not in text and text.startswith(f"usage: hwnas {command}")
+    if command == "evaluate":
+        assert "(0.05 = 5 %)" in " ".join(text.split())

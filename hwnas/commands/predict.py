@@ -47,7 +47,7 @@ def register(sub) -> None:
                                    "models on them (--cv 5 or --cv loo; with --networks, network-level models are "
                                    "fitted on the folds of the networks, on top of a block predictor fitted to "
                                    "--db/--lut when one is given). Relative errors are fractions in --json (0.05 "
-                                   "= 5 %%); latencies are ms. A FLOPs-proportional model (a * FLOPs + b) "
+                                   "= 5 %); latencies are ms. A FLOPs-proportional model (a * FLOPs + b) "
                                    "fitted on the same folds is reported beside.")
     p.add_argument("--predictor", help="a saved predictor (.json) to score")
     p.add_argument("--db", help="SQLite store of measured blocks")
