@@ -203,6 +203,9 @@ class _Matcher:
         self.linear_ops = _ops("aten.linear.default")
         self.add_ops = _ops("aten.add.Tensor", "aten.add_.Tensor")
         self.mul_ops = _ops("aten.mul.Tensor")
+        self.other_acts = _ops("aten.silu.default", "aten.silu_.default", "aten.gelu.default", "aten.sigmoid.default",
+                               "aten.tanh.default", "aten.leaky_relu.default", "aten.elu.default",
+                               "aten.prelu.default", "aten.mish.default")
         # no computation worth a block: never reported
         self.layout_ops = _ops("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
                                "aten.flatten.using_ints", "aten.dropout.default", "aten.dropout_.default",
@@ -317,6 +320,8 @@ class _Matcher:
             if act is not None:
                 nodes.append(u)
                 last = u
+            elif u.target in self.other_acts:
+                self.reasons[c] = f"a convolution followed by {u.target}, an activation no block kind has"
         return {"conv": c, "input": a[0], "output": last, "nodes": nodes, "act": act, "bn": has_bn,
                 "bias": bias is not None, "k": k, "stride": stride[0], "groups": int(groups),
                 "cin": xin[1], "cout": out[1], "in_hw": xin[2], "out_hw": out[2],
@@ -419,7 +424,7 @@ class _Matcher:
             residual=residual, se=se, hs=hs, groups=groups, ofa=ofa))
 
     def match_se(self, d, users) -> list | None:
-        mean = next((n for n in users if n.target in self.mean_ops), None)
+        mean = next((n for n in users if n.target in self.mean_ops | self.adaptive_ops), None)
         mul = next((n for n in users if n.target in self.mul_ops), None)
         if mean is None or mul is None:
             return None
@@ -442,6 +447,8 @@ class _Matcher:
         if u["act"] is None:
             self.reasons.setdefault(u["conv"], "a convolution without activation that is not the projection "
                                                "of an inverted residual")
+            for n in u["nodes"][1:]:
+                self.reasons.setdefault(n, "part of an unmatched convolution")
             return False
         if u["groups"] != 1:
             self.reasons.setdefault(u["conv"], "a grouped or depthwise convolution outside an inverted residual")

@@ -143,3 +143,15 @@ def tiny_arch() -> nn.Module:
 
     space = load_space("tiny")
     return space.arch([len(space.layers[i].candidates) - 1 for i in space.searchable]).build()
+
+
+class WithSiLU(nn.Module):
+    """An EfficientNet-style stem (SiLU): no block kind has that activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.stem(x).mean((2, 3)))

@@ -74,6 +74,10 @@ def test_unknown_ops_are_reported_not_dropped():
     assert [(u.op, u.node) for u in d.unmatched] == [("hwnas_test.mystery.default", "mystery")]
     assert d.unmatched[0].output_shape == (1, 16, 32, 32)
     assert d.to_dict()["unmatched"][0]["op"] == "hwnas_test.mystery.default"
+    # a conv + BN + SiLU: all three listed (the conv says why), the classifier after it still matched
+    d = decompose_factory("decompose_models:WithSiLU", image_size=16)
+    assert [u.op for u in d.unmatched] == ["aten.conv2d.default", "aten.batch_norm.default", "aten.silu.default"]
+    assert "silu" in d.unmatched[0].reason and d.keys == [BlockSpec.logits(8, 8, 4).key]
 
 
 @pytest.mark.parametrize("spec, words", [
