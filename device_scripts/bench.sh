@@ -12,6 +12,11 @@
 # without process start-up and library loading), that number is passed on as well and preferred.
 # HWNAS_TIME=runner makes that line mandatory (a run without it fails).
 #
+# HWNAS_STYLE=executor_runner calls ExecuTorch's `executor_runner` the way it is built:
+# `RUNNER --model_path ARTIFACT --num_executions HWNAS_INNER` (default 1); its own log line
+# `Model executed successfully N time(s) in T ms.` gives RUNNER_MS = T for all N executions (the
+# parser divides by N, printed as `inner=N`); that line is mandatory in this style.
+#
 # Output: key=value header lines and one `run I START_NS END_NS [RUNNER_MS]` line per timed run,
 # between HWNAS-BENCH-BEGIN and `HWNAS-BENCH-END status=ok|fail|hot`. A failing run prints
 # `fail I REASON` and its output as `out I LINE` lines, then stops (exit 4).
@@ -25,14 +30,22 @@ mask=${5:-auto}
 max_temp=${6:-45}
 wait_s=${7:-120}
 time_mode=${HWNAS_TIME:-auto}
+style=${HWNAS_STYLE:-plain}
+inner=${HWNAS_INNER:-1}
 
 if [ -z "$runner" ] || [ -z "$artifact" ]; then
   echo "usage: bench.sh RUNNER ARTIFACT [WARMUP] [RUNS] [MASK|auto] [MAX_TEMP_C] [WAIT_S]" >&2
   exit 2
 fi
-for v in "$warmup" "$runs" "$max_temp" "$wait_s"; do
+case $style in
+  plain) inner=1 ;;
+  executor_runner) time_mode=runner ;;
+  *) echo "bench.sh: HWNAS_STYLE '$style' is not plain or executor_runner" >&2; exit 2 ;;
+esac
+for v in "$warmup" "$runs" "$max_temp" "$wait_s" "$inner"; do
   case $v in ''|*[!0-9]*) echo "bench.sh: '$v' is not a non-negative integer" >&2; exit 2 ;; esac
 done
+[ "$inner" -ge 1 ] || { echo "bench.sh: HWNAS_INNER must be at least 1" >&2; exit 2; }
 
 rd() {
   [ -r "$1" ] || return 0
@@ -119,6 +132,8 @@ echo "runs=$runs"
 echo "mask=${hexmask:+0x$hexmask}"
 echo "mask_source=$mask_source"
 echo "time_mode=$time_mode"
+echo "style=$style"
+echo "inner=$inner"
 echo "max_temp_c=$max_temp"
 
 # --- wait while hot
@@ -146,14 +161,26 @@ fail() {  # fail I REASON OUTPUT
   exit 4
 }
 
-runner_ms() {  # the last hwnas_time_ms= value the runner printed, or nothing
-  printf '%s\n' "$1" | sed -n 's/^hwnas_time_ms=//p' | tail -n 1
+runner_ms() {  # the runner's own time for this invocation (ms), or nothing
+  if [ "$style" = executor_runner ]; then
+    printf '%s\n' "$1" | sed -n 's/.*Model executed successfully [0-9]* time(s) in \([^ ]*\) ms\..*/\1/p' | tail -n 1
+  else
+    printf '%s\n' "$1" | sed -n 's/^hwnas_time_ms=//p' | tail -n 1
+  fi
+}
+
+invoke() {  # one invocation of the runner on the artifact, pinned
+  if [ "$style" = executor_runner ]; then
+    $pin "$runner" --model_path "$artifact" --num_executions "$inner" 2>&1
+  else
+    $pin "$runner" "$artifact" 2>&1
+  fi
 }
 
 i=0
 while [ "$i" -lt "$warmup" ]; do
   i=$((i + 1))
-  out=$($pin "$runner" "$artifact" 2>&1); rc=$?
+  out=$(invoke); rc=$?
   [ "$rc" -eq 0 ] || fail "w$i" "exit=$rc" "$out"
 done
 
@@ -161,7 +188,7 @@ i=0
 while [ "$i" -lt "$runs" ]; do
   i=$((i + 1))
   s=$(date +%s%N)
-  out=$($pin "$runner" "$artifact" 2>&1); rc=$?
+  out=$(invoke); rc=$?
   e=$(date +%s%N)
   [ "$rc" -eq 0 ] || fail "$i" "exit=$rc" "$out"
   ms=$(runner_ms "$out")

@@ -38,6 +38,21 @@ kv android_release "$(prop ro.build.version.release)"
 kv sdk "$(prop ro.build.version.sdk)"
 kv build_fingerprint "$(prop ro.build.fingerprint)"
 kv kernel "$(uname -r 2>/dev/null)"
+kv serialno "$(prop ro.serialno)"
+# GPU: the EGL driver names the vendor (adreno, mali, ...); OpenCL and Vulkan are usable only where
+# the vendor ships their libraries (TVM's opencl target and ExecuTorch's Vulkan backend need them)
+kv gpu "$(prop ro.hardware.egl)"
+for f in "$R"/vendor/lib64/libOpenCL.so "$R"/system/vendor/lib64/libOpenCL.so "$R"/system/lib64/libOpenCL.so; do
+  if [ -e "$f" ]; then kv gpu_opencl "${f#$R}"; break; fi
+done
+vk=$(prop ro.hardware.vulkan)
+if [ -z "$vk" ]; then
+  for f in "$R"/vendor/lib64/hw/vulkan.*.so; do
+    [ -e "$f" ] || continue
+    vk=${f##*/vulkan.}; vk=${vk%.so}; break
+  done
+fi
+kv gpu_vulkan "$vk"
 
 n=0
 for d in "$R"/sys/devices/system/cpu/cpu[0-9]*; do

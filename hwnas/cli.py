@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from profiler.adb.transport import AdbError
     from profiler.backends import BackendUnavailable
     from profiler.blocks import BlockKeyError
     from profiler.devices import DeviceError
@@ -42,7 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hwnas.pipeline import RunError
 
     return (RunError, UserError, BackendUnavailable, BlockKeyError, DeviceError, SpaceError, StoreError, PredictorError,
-            SearchError, FileNotFoundError)
+            SearchError, AdbError, FileNotFoundError)
 
 
 #: what an interrupt leaves behind, per command

@@ -81,6 +81,12 @@ def _versions(backend: str) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def _timing_worker(core_list: list[int], config: Config, cache: Path):
+    with _harness_off(core_list), TimingWorker(core_list, config.threads, log_path(cache, "timing")) as worker:
+        yield worker
+
+
 def _flags(env_before: dict, env_after: dict, protocol: TimingProtocol, ncores: int) -> list[str]:
     flags = []
     fb, fa = env_before.get("freq_mhz", {}), env_after.get("freq_mhz", {})
@@ -99,14 +105,15 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
             device: str = "local", threads: int = 1, cores: str | None = None,
             protocol: TimingProtocol | None = None, jobs: int | None = None, cache_dir: str | Path | None = None,
             per_op: bool = False, tune_trials: int = 0, retry_failed: bool = False, cross: str | None = None,
-            progress: Progress | None = None) -> ProfileResult:
+            progress: Progress | None = None, adb: "AdbOptions | None" = None) -> ProfileResult:
     """Profile `models` with `backend` on `device` and write every result to `store`.
 
     Args:
         models: blocks (or whole networks) to measure; duplicates are measured once.
         backend: "executorch", "tvm" or "torch".
         store: a `Store` or a path to the SQLite file.
-        device: "local", "local:cuda", or "rpc:HOST:PORT/KEY" (a device behind a TVM RPC tracker; tvm only).
+        device: "local", "local:cuda", "adb:SERIAL" / "adb:HOST:PORT" (an Android phone; executorch with
+            `adb.runner`), or "rpc:HOST:PORT/KEY" (a device behind a TVM RPC tracker; tvm only).
         threads: threads of the runtime during timing.
         cores: core list for the timing worker, e.g. "1" or "0-3"; default: the fastest `threads` cores.
         protocol: the timing protocol (`TimingProtocol()` by default).
@@ -116,23 +123,26 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         retry_failed: measure again the blocks whose stored row is a failure.
         cross: build for another kind of device than the host ("aarch64-android", "aarch64-linux");
             only with a remote device.
+        adb: how to reach and use an adb device (`profiler.adb.device.AdbOptions`: runner, folders, core
+            mask, temperature bound, reconnect budget).
 
     Raises:
         DeviceError, BackendUnavailable, ValueError: bad device, backend or options (nothing stored).
+        DeviceGone: an adb device stayed unreachable mid-run (what was measured is stored).
     """
     t_run = time.perf_counter()
     progress = progress or Progress()
     protocol = protocol or TimingProtocol()
     dev = parse_device(device)
-    if dev.kind == "adb":
-        raise DeviceError(f"{dev.spec}: adb devices are not supported by this version of the profiler yet; "
-                          "profile local, local:cuda or rpc:HOST:PORT/KEY")
     if threads < 1:
         raise ValueError("threads must be at least 1")
     if cross and dev.kind in ("local", "cuda"):
         raise DeviceError(f"--cross {cross} builds for another device; name it with --device rpc:HOST:PORT/KEY")
-    core_list = parse_cores(cores) if cores else default_cores(threads)
     be = get_backend(backend)
+    if dev.kind == "adb":
+        return _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per_op, retry_failed,
+                            cross, progress, adb, t_run)
+    core_list = parse_cores(cores) if cores else default_cores(threads)
     if dev.kind == "rpc" and be.name != "tvm":
         raise BackendUnavailable(f"{dev.spec}: only the tvm backend runs through a TVM RPC tracker")
     target = be.target_for(dev.spec, cross)
@@ -161,8 +171,40 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
             st.close()
 
 
+def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per_op, retry_failed, cross,
+                 progress: Progress, adb, t_run) -> ProfileResult:
+    """An Android phone: ExecuTorch artifacts timed by the user's executor_runner through bench.sh."""
+    from profiler.adb.device import AdbDevice, AdbOptions, device_id_of
+
+    if be.name != "executorch":
+        raise BackendUnavailable(
+            f"{dev.spec}: on a phone over adb the executorch backend runs (with --runner); for TVM start "
+            f"TVM's RPC server on the phone and profile --device rpc:TRACKER_HOST:PORT/KEY (docs/phones.md)")
+    opts = adb or AdbOptions()
+    if not opts.runner:
+        raise DeviceError(f"{dev.spec}: pass --runner PATH, ExecuTorch's executor_runner built for the phone "
+                          f"with the Android NDK (docs/phones.md says how)")
+    if threads != 1:
+        raise ValueError("on a phone the runner's thread count is set when it is built; use --threads 1")
+    phone = AdbDevice(dev.serial if dev.serial else f"{dev.host}:{dev.port}", opts, on_message=progress.message)
+    with phone:
+        abi = phone.info["props"].get("abi") or "unknown-abi"
+        target = be.target_for(dev.spec, cross or f"android-{abi}")
+        be.check_options({"tune_trials": 0, "per_op": per_op})
+        config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, threads,
+                        f"mask:{opts.mask}")
+        own_store = not isinstance(store, Store)
+        st = Store(store) if own_store else store
+        try:
+            return _run(models, be.name, st, config, [], protocol, jobs, cache_dir, per_op, 0, retry_failed,
+                        progress, t_run, timer=phone)
+        finally:
+            if own_store:
+                st.close()
+
+
 def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
-         retry_failed, progress: Progress, t_run) -> ProfileResult:
+         retry_failed, progress: Progress, t_run, timer=None) -> ProfileResult:
     uniq = list(dict.fromkeys(models))
     status = st.status_of(config)
     todo = [m for m in uniq if m.key not in status or (retry_failed and status[m.key] == "failed")]
@@ -175,7 +217,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
         options["tune_trials"] = int(tune_trials)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
-    remote = config.device.startswith("rpc:")
+    remote = config.device.startswith(("rpc:", "adb:"))
     owner = owner_id()
     host = {"cpu_model": cpu_model(), "machine": platform.machine(), "os": f"{platform.system()} {platform.release()}"}
 
@@ -208,7 +250,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
 
     # 2. time each artifact in the pinned worker; store each row as soon as it is taken
     progress.phase("measure", len(artifacts))
-    with _harness_off(core_list), TimingWorker(core_list, config.threads, log_path(cache, "timing")) as worker:
+    with (contextlib.nullcontext(timer) if timer is not None else _timing_worker(core_list, config, cache)) as worker:
         if res.peak_gflops is None and not remote:
             try:
                 pk = worker.call({"op": "peak"}, protocol.timeout_s)

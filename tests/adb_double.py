@@ -247,9 +247,19 @@ class _Connection:
     # --- services --------------------------------------------------------------------------
     def _shell(self, s: _Stream, service: str) -> None:
         cmd = service[len("shell:") :]
+        dev = self.device
+        with dev.lock:
+            dev.shells_started += 1
+            drop = dev.drop_after_shells is not None and dev.shells_started > dev.drop_after_shells
+            if drop:
+                dev.drop_after_shells = None
+        if drop:  # the cable is pulled as this command starts: every connection goes, and the port
+            threading.Thread(target=dev.drop, args=(dev.down_s,), daemon=True).start()  # stays shut a while
+            return
         s.proc = subprocess.Popen(
             ["/bin/sh", "-c", cmd],
             cwd=self.device.root,
+            env=self.device.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -389,8 +399,16 @@ class AdbDouble:
         auth: bool = True,
         known_keys: tuple[bytes | str, ...] = (),
         accept_new_keys: bool = True,
+        env: dict[str, str] | None = None,
     ):
+        """``env``: the environment of shell commands (a fake ``getprop`` on PATH, ``HWNAS_SYSROOT``)."""
         self.root = str(root)
+        self.env = env
+        self.lock = threading.Lock()
+        self.shells_started = 0
+        self.drop_after_shells: int | None = None  # fault injection: see `disconnect_after`
+        self.down_s = 0.0
+        self.drops = 0
         self.auth = auth
         self.accept_new_keys = accept_new_keys
         self.keys: list[rsa.RSAPublicKey] = []
@@ -401,6 +419,7 @@ class AdbDouble:
         self.services: list[str] = []
         self.processes: list[subprocess.Popen] = []  # every shell command started, for tests to inspect
         self._sock: socket.socket | None = None
+        self._port = 0
         self._conns: list[_Connection] = []
 
     def add_key(self, pub: bytes | str) -> None:
@@ -418,17 +437,33 @@ class AdbDouble:
 
     @property
     def port(self) -> int:
-        assert self._sock is not None, "start() first"
-        return self._sock.getsockname()[1]
+        assert self._port, "start() first"
+        return self._port
 
     @property
     def serial(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "AdbDouble":
+    def disconnect_after(self, shells: int, down_s: float) -> None:
+        """Fault: when the next shell command after `shells` more starts, drop every connection and
+        refuse new ones for `down_s` seconds (a pulled cable, a phone that reboots); `inf`: for good."""
+        with self.lock:
+            self.drop_after_shells = self.shells_started + shells
+            self.down_s = down_s
+
+    def drop(self, down_s: float) -> None:
+        """Close every connection and the listening socket; listen again on the same port after `down_s`."""
+        port = self.port
+        self.drops += 1
+        self.stop()
+        if down_s != float("inf"):
+            threading.Timer(down_s, self.start, kwargs={"port": port}).start()
+
+    def start(self, port: int = 0) -> "AdbDouble":
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", port))
+        self._port = self._sock.getsockname()[1]
         self._sock.listen(8)
         threading.Thread(target=self._accept, daemon=True).start()
         return self
@@ -446,6 +481,10 @@ class AdbDouble:
 
     def stop(self) -> None:
         if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread
+            except OSError:
+                pass
             self._sock.close()
         for c in self._conns:
             try:

@@ -16,9 +16,23 @@ HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
 def register(sub) -> None:
     p = sub.add_parser("devices", help="list the devices this machine can profile", formatter_class=HELP_FMT,
                        description="List the host CPU (`local`: model, cores, governor, frequencies, "
-                                   "temperatures) and its CUDA GPU (`local:cuda`) where one exists.")
+                                   "temperatures), its CUDA GPU (`local:cuda`) where one exists, and the "
+                                   "Android phones the adb server sees (serial, model, SoC, ABI, Android "
+                                   "version, big/little cores, governor, battery, temperature).")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    p.add_argument("--no-phones", action="store_true", help="do not ask `adb devices` for phones")
+    _adb_args(p, runner=False)
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("device-info", help="describe one device (a phone: runs device_scripts/info.sh on it)",
+                       formatter_class=HELP_FMT,
+                       description="Everything hwnas reads from a device: for a phone (adb:SERIAL or "
+                                   "adb:HOST:PORT) the getprop facts, every core's frequencies and governor, "
+                                   "thermal zones and battery; for local the host CPU.")
+    p.add_argument("device", help="local, local:cuda, adb:SERIAL or adb:HOST:PORT")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _adb_args(p, runner=False)
+    p.set_defaults(func=cmd_device_info)
 
     p = sub.add_parser("spaces", help="list the shipped search spaces", formatter_class=HELP_FMT)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -38,8 +52,9 @@ def register(sub) -> None:
     p.add_argument("--backend", required=True, choices=["executorch", "tvm", "torch"],
                    help="compiler/runtime: executorch (XNNPACK .pte), tvm (Relax, llvm), torch (eager baseline)")
     p.add_argument("--device", default="local",
-                   help="device: local (host CPU), local:cuda (host GPU), or rpc:HOST:PORT/KEY (a device behind "
-                        "a TVM RPC tracker; --backend tvm)")
+                   help="device: local (host CPU), local:cuda (host GPU), adb:SERIAL or adb:HOST:PORT (an "
+                        "Android phone; --backend executorch with --runner), or rpc:HOST:PORT/KEY (a device "
+                        "behind a TVM RPC tracker, e.g. a phone running TVM's RPC app; --backend tvm)")
     p.add_argument("--cross", choices=["host", "aarch64-android", "aarch64-linux"],
                    help="build for a remote device of another kind than this host (rpc devices; default: "
                         "the host's own target)")
@@ -58,6 +73,7 @@ def register(sub) -> None:
                    help="TVM only: MetaSchedule tuning trials per block (count; 0 = untuned default schedules)")
     p.add_argument("--retry-failed", action="store_true", help="measure again the blocks stored as failures")
     p.add_argument("--limit", type=int, help="profile only the first N blocks of the space (count)")
+    _adb_args(p, runner=True)
     g = p.add_argument_group("timing protocol")
     g.add_argument("--warmup-runs", type=int, default=10, help="untimed runs before timing (count)")
     g.add_argument("--min-runs", type=int, default=25, help="timed samples at least (count)")
@@ -83,7 +99,127 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_table)
 
 
+def _adb_args(p, runner: bool) -> None:
+    g = p.add_argument_group("Android phones (adb:...)")
+    if runner:
+        g.add_argument("--runner", metavar="PATH",
+                       help="ExecuTorch's executor_runner built for the phone with the Android NDK (see "
+                            "docs/phones.md); pushed once and cached on the phone by its SHA-256")
+        g.add_argument("--cpu-mask", default="auto",
+                       help="cores to pin the runner to, as a hex mask for taskset (e.g. f0); auto: the big "
+                            "cores (max frequency at least 80%% of the fastest core's)")
+        g.add_argument("--max-temp", type=int, default=45,
+                       help="wait before each block while the hottest thermal zone is above this (degrees C)")
+        g.add_argument("--cool-wait", type=int, default=120,
+                       help="longest wait for the phone to cool before a block fails as `hot` (seconds)")
+        g.add_argument("--reconnect", type=float, default=60.0,
+                       help="how long to keep reconnecting a phone that disconnected mid-run (seconds)")
+        g.add_argument("--no-prepare", action="store_true",
+                       help="leave the phone's performance mode and governors alone (default: fixed-"
+                            "performance mode where Android offers it, governor performance where rooted; "
+                            "undone at the end)")
+    g.add_argument("--remote-dir", default="/data/local/tmp/hwnas",
+                   help="folder on the phone for scripts, the cached runner and artifacts")
+    g.add_argument("--adb-key", metavar="PATH",
+                   help="this host's ADB private key (default: ~/.config/hwnas/adbkey, created 0600)")
+
+
+def _adb_options(args):
+    from profiler.adb.device import AdbOptions
+
+    return AdbOptions(runner=getattr(args, "runner", None), remote_base=args.remote_dir, key_path=args.adb_key,
+                      mask=getattr(args, "cpu_mask", "auto"), max_temp_c=getattr(args, "max_temp", 45),
+                      cool_wait_s=getattr(args, "cool_wait", 120), reconnect_s=getattr(args, "reconnect", 60.0),
+                      prepare=not getattr(args, "no_prepare", False))
+
+
 # ---- devices / spaces -------------------------------------------------------------------------
+
+def _phones(args) -> tuple[list[dict[str, Any]], str | None]:
+    """Phones the adb server lists, each described by info.sh; (rows, a note when none can be listed)."""
+    import shutil
+    import subprocess
+
+    from profiler.adb.device import read_info
+    from profiler.adb.transport import AdbError
+
+    adb = shutil.which("adb")
+    if adb is None:
+        return [], ("phones: `adb` is not on PATH, so attached phones are not listed (apt-get install adb); "
+                    "a phone on the network is described by `hwnas device-info adb:HOST:PORT`")
+    try:
+        p = subprocess.run([adb, "devices", "-l"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [], f"phones: `adb devices` failed: {e}"
+    rows = []
+    for line in p.stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        serial, state = parts[0], parts[1]
+        row: dict[str, Any] = {"device": f"adb:{serial}", "state": state}
+        if state != "device":
+            row["error"] = {"unauthorized": "tap 'Allow USB debugging' on the phone",
+                            "offline": "reconnect the cable or restart adb"}.get(state, state)
+        else:
+            try:
+                row.update(_phone_row(read_info(serial, _adb_options(args))))
+            except (AdbError, Exception) as e:  # one broken phone must not hide the others
+                row["error"] = f"{type(e).__name__}: {e}"
+        rows.append(row)
+    return rows, None if rows else "phones: none attached (`adb devices` lists none)"
+
+
+def _phone_row(info: dict[str, Any]) -> dict[str, Any]:
+    p = info["props"]
+    cpus = info["cpus"]
+    clusters: dict[int, int] = {}
+    for c in cpus:
+        if c.get("max_khz"):
+            clusters[c["max_khz"]] = clusters.get(c["max_khz"], 0) + 1
+    return {"model": " ".join(x for x in (p.get("manufacturer"), p.get("model")) if x), "soc": p.get("soc"),
+            "abi": p.get("abi"), "android": p.get("android_release"), "sdk": p.get("sdk"),
+            "serialno": p.get("serialno"), "gpu": p.get("gpu"), "opencl": p.get("gpu_opencl"),
+            "vulkan": p.get("gpu_vulkan"),
+            "clusters_mhz": {f"{k / 1000:.0f}": n for k, n in sorted(clusters.items())},
+            "big_cores": info["big_cores"], "big_core_mask": info["big_core_mask"],
+            "governors": sorted({c["governor"] for c in cpus if c.get("governor")}),
+            "battery_pct": info["battery"]["level_pct"], "battery_status": info["battery"]["status"],
+            "max_temp_c": info["max_temp_c"]}
+
+
+def cmd_device_info(args) -> int:
+    from profiler.devices import cuda_info, local_info, parse_device
+
+    dev = parse_device(args.device)
+    if dev.kind == "local":
+        info = local_info()
+    elif dev.kind == "cuda":
+        info = cuda_info()
+        if info is None:
+            raise UserError("local:cuda: torch sees no CUDA GPU on this machine")
+    elif dev.kind == "adb":
+        from profiler.adb.device import read_info
+
+        info = read_info(dev.serial or f"{dev.host}:{dev.port}", _adb_options(args))
+        info = {"device": args.device, **_phone_row(info), **info}
+    else:
+        raise UserError(f"{args.device}: a TVM RPC device tells nothing about itself; name the phone behind "
+                        f"it with adb:SERIAL")
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for k, v in info.items():
+        if k in ("cpus", "thermal"):
+            continue
+        print(f"{k:>16}: {v}")
+    for c in info.get("cpus", []):
+        print(f"  cpu{c['index']}: online={c['online']} max={c['max_khz']} kHz cur={c['cur_khz']} kHz "
+              f"governor={c['governor']}")
+    for z in info.get("thermal", []):
+        print(f"  thermal{z['zone']} {z['type']}: {z['temp_c']} C")
+    return 0
+
 
 def cmd_devices(args) -> int:
     from profiler.devices import cuda_info, local_info
@@ -92,8 +228,9 @@ def cmd_devices(args) -> int:
     cuda = cuda_info()
     if cuda:
         devs.append(cuda)
+    phones, note = ([], None) if args.no_phones else _phones(args)
     if args.json:
-        print(json.dumps(devs, indent=2))
+        print(json.dumps(devs + phones, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -111,9 +248,20 @@ def cmd_devices(args) -> int:
               f"MHz now: {freqs}\ntemperatures (C): {temps}\nload: {', '.join(f'{x:.2f}' for x in loc['loadavg'])}")
     if cuda:
         t.add_row("local:cuda", cuda["name"], f"{cuda['memory_gib']} GiB, compute {cuda['capability']}")
+    for ph in phones:
+        if "error" in ph:
+            t.add_row(ph["device"], ph["state"], f"[red]{ph['error']}")
+            continue
+        clusters = " + ".join(f"{n}x{mhz} MHz" for mhz, n in ph["clusters_mhz"].items())
+        t.add_row(ph["device"], f"{ph['model']} ({ph['soc']})",
+                  f"Android {ph['android']} (SDK {ph['sdk']}), {ph['abi']}, GPU: {ph['gpu'] or '?'}\n"
+                  f"cores: {clusters}; big: {ph['big_core_mask']}; governor: {', '.join(ph['governors'])}\n"
+                  f"battery: {ph['battery_pct']}% {ph['battery_status'] or ''}; hottest zone: {ph['max_temp_c']} C")
     Console().print(t)
     if not cuda:
         print("local:cuda: not available (torch sees no CUDA GPU on this machine)")
+    if note:
+        print(note)
     return 0
 
 
@@ -218,7 +366,7 @@ def cmd_profile(args) -> int:
         res = profile(blocks, args.backend, store, device=args.device, threads=args.threads, cores=args.cores,
                       protocol=protocol, jobs=args.jobs, cache_dir=args.cache_dir, per_op=args.per_op,
                       tune_trials=args.tune_trials, retry_failed=args.retry_failed, cross=args.cross,
-                      progress=prog)
+                      progress=prog, adb=_adb_options(args) if args.device.startswith("adb:") else None)
     finally:
         if prog:
             prog.stop()

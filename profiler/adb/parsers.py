@@ -147,7 +147,8 @@ def parse_info(text: str) -> dict[str, Any]:
 def parse_bench(text: str) -> dict[str, Any]:
     """``bench.sh`` output -> dict with ``samples_ms`` (one float per timed run, in run order).
 
-    Per run the runner's own ``hwnas_time_ms`` is used when present (``time_source='runner'``), else
+    Per run the runner's own time is used when present (``hwnas_time_ms``, or ``executor_runner``'s
+    log line divided by its ``inner`` executions; ``time_source='runner'``), else
     the wall-clock around the invocation (``'wall'``, includes process start-up). Also: ``wall_ms``,
     ``mask`` (hex str or None), ``mask_source``, ``warmup``, ``runs``, ``max_temp_c``, ``waited_s``,
     ``temp_before_c`` / ``temp_after_c`` (None without sensors), ``freq_before_khz`` /
@@ -219,9 +220,16 @@ def parse_bench(text: str) -> dict[str, Any]:
         return float(v) if v else None
 
     own_all = all(r[2] is not None for r in runs)
+    inner = _int(head.get("inner", "1"), "inner")
+    if inner < 1:
+        raise BenchOutputError(f"inner={inner}: not a count of executions", "garbage", text)
     before, after = freq["before"], freq["after"]
     return {
-        "samples_ms": [r[2] if own_all else r[1] for r in runs],
+        # the runner's own time covers `inner` executions in one process; the wall clock covers one
+        # invocation with process start-up (only meaningful with inner=1)
+        "samples_ms": [r[2] / inner if own_all else r[1] for r in runs],
+        "inner": inner,
+        "style": head.get("style", "plain"),
         "time_source": "runner" if own_all and runs else "wall",
         "wall_ms": [r[1] for r in runs],
         "runner": head.get("runner"),

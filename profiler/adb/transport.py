@@ -168,6 +168,26 @@ def _adb_shell_errors():
     return ex, timeouts, failures
 
 
+def _tcp_transport(host: str, port: int):
+    """adb-shell's TCP transport, except that a connection the device closed is an error at once.
+
+    adb-shell reads a closed socket as "no data yet" and keeps polling until the command's timeout:
+    a phone that drops off Wi-Fi, or an adbd that restarts, would hold a run for minutes and then
+    look like a slow block. Here it raises ConnectionResetError, which the transport reports as a
+    lost device (``AdbConnectionError``) and the profiler answers by reconnecting.
+    """
+    from adb_shell.transport.tcp_transport import TcpTransport
+
+    class _Tcp(TcpTransport):
+        def bulk_read(self, numbytes, transport_timeout_s):
+            data = super().bulk_read(numbytes, transport_timeout_s)
+            if not data and numbytes:
+                raise ConnectionResetError(f"{host}:{port} closed the connection")
+            return data
+
+    return _Tcp(host, port)
+
+
 class AdbShellTransport(_Transport):
     """ADB through adb-shell (no adb server): ``tcp(host, port)`` or ``usb(serial)``.
 
@@ -186,9 +206,9 @@ class AdbShellTransport(_Transport):
     @classmethod
     def tcp(cls, host: str, port: int = 5555, **kw) -> "AdbShellTransport":
         """A device reachable at ``host:port`` (Wi-Fi debugging, ``adb tcpip``, an emulator)."""
-        from adb_shell.adb_device import AdbDeviceTcp
+        from adb_shell.adb_device import AdbDevice
 
-        t = cls(AdbDeviceTcp(host, int(port)), f"{host}:{port}", **kw)
+        t = cls(AdbDevice(_tcp_transport(host, int(port))), f"{host}:{port}", **kw)
         t.connect()
         return t
 
