@@ -197,3 +197,11 @@ def test_devices_lists_a_phone_the_adb_server_holds(phone, tmp_path):
         assert ph["battery_pct"] == 64 and ph["max_temp_c"] == 38.0 and "local" in rows
     finally:
         subprocess.run([adb, "kill-server"], env=env, capture_output=True, timeout=30)
+
+
+def test_per_op_pulls_the_etdump_and_reads_it_with_the_inspector(phone, tmp_path, cache_dir):
+    r = profile(TINY[:1], "executorch", tmp_path / "o.db", device=phone.spec, protocol=QUICK, cache_dir=cache_dir,
+                adb=phone.opts, per_op=True)
+    assert len(r.measured) == 1, [m.error for m in r.failed]
+    ops = r.measured[0].per_op
+    assert ops and any(o["delegate"] == "XnnpackBackend" for o in ops) and all(o["p50_ms"] >= 0 for o in ops)
