@@ -176,11 +176,13 @@ def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per
     """An Android phone: ExecuTorch artifacts timed by the user's executor_runner through bench.sh."""
     from profiler.adb.device import AdbDevice, AdbOptions, device_id_of
 
-    if be.name != "executorch":
-        raise BackendUnavailable(
-            f"{dev.spec}: on a phone over adb the executorch backend runs (with --runner); for TVM start "
-            f"TVM's RPC server on the phone and profile --device rpc:TRACKER_HOST:PORT/KEY (docs/phones.md)")
     opts = adb or AdbOptions()
+    if be.name == "tvm":
+        return _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir, retry_failed, cross,
+                                progress, opts, t_run)
+    if be.name != "executorch":
+        raise BackendUnavailable(f"{dev.spec}: a phone runs the executorch (with --runner) or tvm (with "
+                                 f"--tvm-rpc) backend, not {be.name}")
     if not opts.runner:
         raise DeviceError(f"{dev.spec}: pass --runner PATH, ExecuTorch's executor_runner built for the phone "
                           f"with the Android NDK (docs/phones.md says how)")
@@ -203,8 +205,42 @@ def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per
                 st.close()
 
 
+def _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir, retry_failed, cross,
+                     progress: Progress, opts, t_run) -> ProfileResult:
+    """TVM on a phone: cross-compiled libraries timed through TVM's RPC server started on it over adb."""
+    from profiler.adb.device import AdbDevice, AdbOptions, device_id_of
+    from profiler.adb.tvm_rpc import PhoneRpcServer
+
+    if not opts.tvm_rpc:
+        raise DeviceError(f"{dev.spec}: pass --tvm-rpc PATH (TVM's tvm_rpc built for the phone with the NDK), or "
+                          f"run TVM's Android RPC app against a tracker and use --device rpc:HOST:PORT/KEY "
+                          f"(docs/phones.md)")
+    phone = AdbDevice(dev.serial if dev.serial else f"{dev.host}:{dev.port}",
+                      AdbOptions(**{**opts.__dict__, "runner": None}), on_message=progress.message)
+    with phone:
+        abi = phone.info["props"].get("abi") or ""
+        if cross is None:
+            if not abi.startswith("arm64"):
+                raise DeviceError(f"{dev.spec}: ABI {abi or 'unknown'}; TVM builds for arm64-v8a phones here "
+                                  f"(--cross host for a device of this host's kind)")
+            cross = "aarch64-android"
+        target = be.target_for(dev.spec, cross)
+        config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, threads, "remote")
+        core_list = default_cores(1)  # the local worker only holds the RPC session
+        with PhoneRpcServer(phone, opts.tvm_rpc, tracker=opts.tracker) as server:
+            progress.message(f"tvm_rpc on {dev.spec} registered as {server.device}")
+            own_store = not isinstance(store, Store)
+            st = Store(store) if own_store else store
+            try:
+                return _run(models, be.name, st, config, core_list, protocol, jobs, cache_dir, False, 0,
+                            retry_failed, progress, t_run, worker_device=server.device)
+            finally:
+                if own_store:
+                    st.close()
+
+
 def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
-         retry_failed, progress: Progress, t_run, timer=None) -> ProfileResult:
+         retry_failed, progress: Progress, t_run, timer=None, worker_device: str | None = None) -> ProfileResult:
     uniq = list(dict.fromkeys(models))
     status = st.status_of(config)
     todo = [m for m in uniq if m.key not in status or (retry_failed and status[m.key] == "failed")]
@@ -266,7 +302,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
                 res.skipped += 1  # measured, or being measured, by another process sharing this store
                 progress.advance("measure", model.key)
                 continue
-            msg = {"op": "measure", "artifact": art.to_dict(), "device": config.device,
+            msg = {"op": "measure", "artifact": art.to_dict(), "device": worker_device or config.device,
                    "protocol": protocol.to_dict(), "per_op": per_op}
             try:
                 r = worker.call(msg, protocol.timeout_s)

@@ -169,3 +169,32 @@ class RunnerService:
             os.rmdir(self.dir)
         except OSError:
             pass
+
+
+_TVM_RPC = """#!/bin/sh
+# tvm_rpc double: the command line of TVM's C++ RPC server (apps/cpp_rpc), served by TVM's Python
+# RPC server on this host (the real server, the real protocol; only the binary is not built here)
+[ "$1" = server ] || {{ echo "usage: tvm_rpc server --tracker=H:P --key=K ..." >&2; exit 2; }}
+shift
+for a in "$@"; do
+  case $a in
+    --host=*) host=${{a#--host=}} ;;
+    --port=*) port=${{a#--port=}} ;;
+    --port-end=*) port_end=${{a#--port-end=}} ;;
+    --tracker=*) tracker=${{a#--tracker=}} ;;
+    --key=*) key=${{a#--key=}} ;;
+    --custom-addr=*) addr=${{a#--custom-addr=}} ;;
+    --work-dir=*) cd "${{a#--work-dir=}}" || exit 3 ;;
+    *) echo "tvm_rpc: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+export TVM_NUM_THREADS=1
+exec {python} -m tvm.exec.rpc_server --host 127.0.0.1 --port "$port" --port-end "$port_end" \\
+  --tracker "$tracker" --key "$key" --custom-addr "$addr"
+"""
+
+
+def make_tvm_rpc(path: Path) -> Path:
+    path.write_text(_TVM_RPC.format(python=sys.executable))
+    path.chmod(0o755)
+    return path

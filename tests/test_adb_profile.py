@@ -145,8 +145,8 @@ def test_bad_options_are_refused_before_anything_runs(phone, tmp_path, cache_dir
                 adb=AdbOptions(runner=str(tmp_path / "missing")))
     from profiler.backends import BackendUnavailable
 
-    with pytest.raises(BackendUnavailable, match="rpc:"):
-        profile(TINY[:1], "tvm", tmp_path / "x.db", device=phone.spec, adb=phone.opts)
+    with pytest.raises(BackendUnavailable, match="not torch"):
+        profile(TINY[:1], "torch", tmp_path / "x.db", device=phone.spec, adb=phone.opts)
 
 
 @pytest.mark.slow
@@ -205,3 +205,29 @@ def test_per_op_pulls_the_etdump_and_reads_it_with_the_inspector(phone, tmp_path
     assert len(r.measured) == 1, [m.error for m in r.failed]
     ops = r.measured[0].per_op
     assert ops and any(o["delegate"] == "XnnpackBackend" for o in ops) and all(o["p50_ms"] >= 0 for o in ops)
+
+
+@pytest.mark.slow
+def test_tvm_on_the_phone_through_tvm_rpc_started_over_adb(phone, tmp_path, cache_dir):
+    """tvm_rpc pushed (cached by hash), started in its own session over adb, registered with a tracker
+    the profiler starts on loopback; blocks timed through a session; the server stopped at the end."""
+    from fake_phone import make_tvm_rpc
+
+    opts = AdbOptions(**{**phone.opts.__dict__, "tvm_rpc": str(make_tvm_rpc(tmp_path / "tvm_rpc"))})
+    db = tmp_path / "tvm.db"
+    # the loopback "phone" is this host: build for it (a real arm64 phone gets --cross aarch64-android)
+    r = profile(TINY[:2], "tvm", db, device=phone.spec, protocol=QUICK, cache_dir=cache_dir, adb=opts, cross="host")
+    assert (len(r.measured), len(r.failed)) == (2, 0), [m.error for m in r.failed]
+    assert r.config.device == phone.spec and r.config.device_id.startswith("android/Acme Fake Phone 8/")
+    with Store(db) as st:
+        df = st.dataframe()
+    assert (df.median_ms > 0).all() and (df.cores == "remote").all()
+    assert list((phone.root / "hwnas" / "runners").rglob("tvm_rpc"))
+    left = subprocess.run(["pgrep", "-f", "tvm.exec.rpc_server.*hwnas-"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "tvm_rpc was left running on the phone"
+    assert not _pwned(phone)
+
+
+def test_tvm_on_a_phone_needs_the_rpc_binary(phone, tmp_path):
+    with pytest.raises(DeviceError, match="--tvm-rpc"):
+        profile(TINY[:1], "tvm", tmp_path / "x.db", device=phone.spec, adb=phone.opts)

@@ -53,11 +53,11 @@ def register(sub) -> None:
                    help="compiler/runtime: executorch (XNNPACK .pte), tvm (Relax, llvm), torch (eager baseline)")
     p.add_argument("--device", default="local",
                    help="device: local (host CPU), local:cuda (host GPU), adb:SERIAL or adb:HOST:PORT (an "
-                        "Android phone; --backend executorch with --runner), or rpc:HOST:PORT/KEY (a device "
+                        "Android phone; --backend executorch with --runner, or tvm with --tvm-rpc), or rpc:HOST:PORT/KEY (a device "
                         "behind a TVM RPC tracker, e.g. a phone running TVM's RPC app; --backend tvm)")
     p.add_argument("--cross", choices=["host", "aarch64-android", "aarch64-linux"],
-                   help="build for a remote device of another kind than this host (rpc devices; default: "
-                        "the host's own target)")
+                   help="build for a remote device of another kind than this host (rpc and adb devices; "
+                        "default: the host's own target, and aarch64-android for TVM on an arm64 phone)")
     p.add_argument("--db", default="hwnas.db", help="SQLite store file (created if missing)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads during timing (count)")
     p.add_argument("--cores", help="cores of the timing worker, e.g. 1 or 0-3 (default: the fastest "
@@ -105,6 +105,12 @@ def _adb_args(p, runner: bool) -> None:
         g.add_argument("--runner", metavar="PATH",
                        help="ExecuTorch's executor_runner built for the phone with the Android NDK (see "
                             "docs/phones.md); pushed once and cached on the phone by its SHA-256")
+        g.add_argument("--tvm-rpc", metavar="PATH",
+                       help="--backend tvm: TVM's tvm_rpc server (apps/cpp_rpc) built for the phone; pushed once "
+                            "(cached by SHA-256), started over adb and registered with a tracker on this host")
+        g.add_argument("--tracker", metavar="HOST:PORT",
+                       help="--backend tvm: a TVM RPC tracker the phone can reach (default: one started on "
+                            "this host's loopback, tunnelled with adb reverse)")
         g.add_argument("--cpu-mask", default="auto",
                        help="cores to pin the runner to, as a hex mask for taskset (e.g. f0); auto: the big "
                             "cores (max frequency at least 80%% of the fastest core's)")
@@ -127,7 +133,8 @@ def _adb_args(p, runner: bool) -> None:
 def _adb_options(args):
     from profiler.adb.device import AdbOptions
 
-    return AdbOptions(runner=getattr(args, "runner", None), remote_base=args.remote_dir, key_path=args.adb_key,
+    return AdbOptions(runner=getattr(args, "runner", None), tvm_rpc=getattr(args, "tvm_rpc", None),
+                      tracker=getattr(args, "tracker", None), remote_base=args.remote_dir, key_path=args.adb_key,
                       mask=getattr(args, "cpu_mask", "auto"), max_temp_c=getattr(args, "max_temp", 45),
                       cool_wait_s=getattr(args, "cool_wait", 120), reconnect_s=getattr(args, "reconnect", 60.0),
                       prepare=not getattr(args, "no_prepare", False))

@@ -61,6 +61,8 @@ class AdbOptions:
     """How to reach and use a phone (all durations in seconds, temperatures in degrees C)."""
 
     runner: str | None = None  # path of the user's executor_runner (ExecuTorch), built for the phone
+    tvm_rpc: str | None = None  # path of TVM's tvm_rpc (apps/cpp_rpc), built for the phone (tvm backend)
+    tracker: str | None = None  # HOST:PORT of a TVM RPC tracker the phone can reach (default: one on loopback)
     remote_base: str = DEFAULT_BASE
     key_path: str | None = None  # the host's ADB key (default: ~/.config/hwnas/adbkey)
     adb_path: str | None = None  # the adb binary, for USB devices an adb server holds
@@ -170,14 +172,28 @@ class AdbDevice:
             remote = f"{self.scripts}/{name}"
             if not self._exists(remote):
                 t.push(SCRIPTS_DIR / name, remote, timeout_s=60)
-        if self.runner_remote and not self._exists(self.runner_remote, "-x"):
-            folder = self.runner_remote.rsplit("/", 1)[0]
-            t.check(["mkdir", "-p", folder], timeout_s=30)
-            tmp = f"{folder}/.partial-{secrets.token_hex(4)}"
-            t.push(self.opts.runner, tmp, timeout_s=300)
-            # pushed under a temporary name and renamed: a cut transfer never leaves a runner that looks cached
-            t.check(["chmod", "755", tmp], timeout_s=30)
-            t.check(["mv", "-f", tmp, self.runner_remote], timeout_s=30)
+        if self.runner_remote:
+            self._push_cached_now(self.opts.runner, self.runner_remote)
+
+    def _push_cached_now(self, local: str, remote: str) -> None:
+        if self._exists(remote, "-x"):
+            return
+        t = self._t
+        folder = remote.rsplit("/", 1)[0]
+        t.check(["mkdir", "-p", folder], timeout_s=30)
+        tmp = f"{folder}/.partial-{secrets.token_hex(4)}"
+        t.push(local, tmp, timeout_s=300)
+        # pushed under a temporary name and renamed: a cut transfer never leaves a file that looks cached
+        t.check(["chmod", "755", tmp], timeout_s=30)
+        t.check(["mv", "-f", tmp, remote], timeout_s=30)
+
+    def push_cached(self, local: str, name: str) -> str:
+        """Push an executable once per content: ``<base>/runners/<sha256[:16]>/<name>``; return its path."""
+        if not Path(local).is_file():
+            raise RunnerError(f"{local}: no such file")
+        remote = f"{self.base}/runners/{_sha256(local)[:16]}/{name}"
+        self._retry(f"pushing {name}", lambda: self._push_cached_now(local, remote))
+        return remote
 
     def open(self) -> "AdbDevice":
         """Connect, push what is missing, read the device, put it in a steady state.
