@@ -16,6 +16,8 @@ CROSS_TARGETS = {
     "aarch64-android": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]},
     "aarch64-linux": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
 }
+#: a phone's GPU through OpenCL (Adreno, Mali): kernels in OpenCL C, the host side for aarch64 Android
+PHONE_GPU_TARGET = {"kind": "opencl", "host": CROSS_TARGETS["aarch64-android"]}
 
 
 class TVMBackend(Backend):
@@ -123,7 +125,8 @@ def _tune(mod, tgt, trials: int):
 
 def _fcompile_for(tgt: dict[str, Any]):
     """A cross compiler for aarch64 libraries: the NDK's clang where the user has one, else Debian's gcc."""
-    triple = tgt.get("mtriple", "")
+    # a GPU target (opencl, vulkan) carries the CPU side of the library in its "host"
+    triple = tgt.get("mtriple", "") or (tgt.get("host") or {}).get("mtriple", "")
     if not triple.startswith("aarch64"):
         return None
     from tvm.support import cc
