@@ -8,6 +8,7 @@ where it stopped when started again. Compilation and timing never overlap.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import time
@@ -105,7 +106,7 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
             device: str = "local", threads: int = 1, cores: str | None = None,
             protocol: TimingProtocol | None = None, jobs: int | None = None, cache_dir: str | Path | None = None,
             per_op: bool = False, tune_trials: int = 0, retry_failed: bool = False, cross: str | None = None,
-            progress: Progress | None = None, adb: "AdbOptions | None" = None) -> ProfileResult:
+            progress: Progress | None = None, adb: "AdbOptions | None" = None, gpu: bool = False) -> ProfileResult:
     """Profile `models` with `backend` on `device` and write every result to `store`.
 
     Args:
@@ -123,6 +124,8 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         retry_failed: measure again the blocks whose stored row is a failure.
         cross: build for another kind of device than the host ("aarch64-android", "aarch64-linux");
             only with a remote device.
+        gpu: time on the device's GPU: a phone's through OpenCL (tvm) or Vulkan (executorch, a runner
+            built with the Vulkan backend); refused where the device has none. The host's GPU is local:cuda.
         adb: how to reach and use an adb device (`profiler.adb.device.AdbOptions`: runner, folders, core
             mask, temperature bound, reconnect budget).
 
@@ -139,13 +142,21 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
     if cross and dev.kind in ("local", "cuda"):
         raise DeviceError(f"--cross {cross} builds for another device; name it with --device rpc:HOST:PORT/KEY")
     be = get_backend(backend)
+    if gpu and dev.kind in ("local", "cuda"):
+        raise DeviceError("--gpu is for phones (OpenCL or Vulkan); the host's GPU is --device local:cuda")
+    if gpu and be.name != "tvm" and dev.kind == "rpc":
+        raise BackendUnavailable(f"{dev.spec}: the GPU behind a TVM RPC tracker is timed with --backend tvm")
     if dev.kind == "adb":
         return _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per_op, retry_failed,
-                            cross, progress, adb, t_run)
+                            cross, progress, adb, t_run, gpu)
     core_list = parse_cores(cores) if cores else default_cores(threads)
     if dev.kind == "rpc" and be.name != "tvm":
         raise BackendUnavailable(f"{dev.spec}: only the tvm backend runs through a TVM RPC tracker")
     target = be.target_for(dev.spec, cross)
+    if gpu:  # rpc + tvm: the phone's GPU through OpenCL
+        from profiler.backends._tvm import PHONE_GPU_TARGET
+
+        target = json.dumps(PHONE_GPU_TARGET, sort_keys=True)
     if dev.kind == "rpc":
         device_id = f"rpc:{dev.key}@{dev.host}:{dev.port}"
     elif dev.kind == "cuda":
@@ -171,15 +182,24 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
             st.close()
 
 
+def _phone_gpu(info: dict, api: str, spec: str) -> None:
+    """Refuse --gpu on a phone whose vendor ships no `api` (opencl, vulkan) driver."""
+    if not info["props"].get(f"gpu_{api}"):
+        where = {"opencl": "libOpenCL.so in /vendor/lib64, /system/vendor/lib64 or /system/lib64",
+                 "vulkan": "ro.hardware.vulkan or /vendor/lib64/hw/vulkan.*.so"}[api]
+        raise DeviceError(f"{spec}: --gpu needs {api.capitalize() if api == 'vulkan' else 'OpenCL'} on the phone and "
+                          f"none was found ({where}); profile its CPU without --gpu")
+
+
 def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per_op, retry_failed, cross,
-                 progress: Progress, adb, t_run) -> ProfileResult:
+                 progress: Progress, adb, t_run, gpu: bool = False) -> ProfileResult:
     """An Android phone: ExecuTorch artifacts timed by the user's executor_runner through bench.sh."""
     from profiler.adb.device import AdbDevice, AdbOptions, device_id_of
 
     opts = adb or AdbOptions()
     if be.name == "tvm":
         return _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir, retry_failed, cross,
-                                progress, opts, t_run)
+                                progress, opts, t_run, gpu)
     if be.name != "executorch":
         raise BackendUnavailable(f"{dev.spec}: a phone runs the executorch (with --runner) or tvm (with "
                                  f"--tvm-rpc) backend, not {be.name}")
@@ -192,6 +212,9 @@ def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per
     with phone:
         abi = phone.info["props"].get("abi") or "unknown-abi"
         target = be.target_for(dev.spec, cross or f"android-{abi}")
+        if gpu:
+            _phone_gpu(phone.info, "vulkan", dev.spec)
+            target = "vulkan" + target[len("xnnpack"):]
         be.check_options({"tune_trials": 0, "per_op": per_op})
         config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, threads,
                         f"mask:{opts.mask}")
@@ -206,7 +229,7 @@ def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per
 
 
 def _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir, retry_failed, cross,
-                     progress: Progress, opts, t_run) -> ProfileResult:
+                     progress: Progress, opts, t_run, gpu: bool = False) -> ProfileResult:
     """TVM on a phone: cross-compiled libraries timed through TVM's RPC server started on it over adb."""
     from profiler.adb.device import AdbDevice, AdbOptions, device_id_of
     from profiler.adb.tvm_rpc import PhoneRpcServer
@@ -225,6 +248,11 @@ def _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir,
                                   f"(--cross host for a device of this host's kind)")
             cross = "aarch64-android"
         target = be.target_for(dev.spec, cross)
+        if gpu:
+            from profiler.backends._tvm import PHONE_GPU_TARGET
+
+            _phone_gpu(phone.info, "opencl", dev.spec)
+            target = json.dumps(PHONE_GPU_TARGET, sort_keys=True)
         config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, threads, "remote")
         core_list = default_cores(1)  # the local worker only holds the RPC session
         with PhoneRpcServer(phone, opts.tvm_rpc, tracker=opts.tracker) as server:

@@ -231,3 +231,25 @@ def test_tvm_on_the_phone_through_tvm_rpc_started_over_adb(phone, tmp_path, cach
 def test_tvm_on_a_phone_needs_the_rpc_binary(phone, tmp_path):
     with pytest.raises(DeviceError, match="--tvm-rpc"):
         profile(TINY[:1], "tvm", tmp_path / "x.db", device=phone.spec, adb=phone.opts)
+
+
+def test_gpu_is_refused_on_a_phone_without_drivers_and_recorded_where_present(phone, tmp_path, cache_dir):
+    from fake_phone import make_tvm_rpc
+
+    with pytest.raises(DeviceError, match="Vulkan on the phone and none was found"):
+        profile(TINY[:1], "executorch", tmp_path / "g.db", device=phone.spec, adb=phone.opts, gpu=True)
+    tvm_opts = AdbOptions(**{**phone.opts.__dict__, "tvm_rpc": str(make_tvm_rpc(tmp_path / "tvm_rpc"))})
+    with pytest.raises(DeviceError, match="OpenCL on the phone and none was found"):
+        profile(TINY[:1], "tvm", tmp_path / "g.db", device=phone.spec, adb=tvm_opts, gpu=True)
+    with pytest.raises(DeviceError, match="local:cuda"):
+        profile(TINY[:1], "tvm", tmp_path / "g.db", device="local", gpu=True)
+    # a phone with a Vulkan driver: the block is lowered to ExecuTorch's Vulkan backend and the row says
+    # so; this runner (like one built without -DEXECUTORCH_BUILD_VULKAN=ON) cannot load it: a failure
+    # with the runner's own words, not a number
+    drv = phone.sysroot / "vendor/lib64/hw/vulkan.adreno.so"
+    drv.parent.mkdir(parents=True)
+    drv.write_bytes(b"\x7fELF")
+    r = profile(TINY[:1], "executorch", tmp_path / "v.db", device=phone.spec, protocol=QUICK, cache_dir=cache_dir,
+                adb=phone.opts, gpu=True)
+    assert r.config.target == "vulkan-android-arm64-v8a"
+    assert len(r.failed) == 1 and "Loading of program failed" in r.failed[0].error

@@ -106,3 +106,19 @@ def test_tvm_builds_a_cuda_library_without_a_gpu(tmp_path):
     target = '{"arch": "sm_80", "kind": "cuda"}'
     be.compile(BlockSpec.from_key(KEYS[0]), target, tmp_path / "b.so", {})
     assert (tmp_path / "b.so").stat().st_size > 0
+
+
+def test_tvm_builds_a_phone_gpu_library_with_opencl_kernels(tmp_path):
+    """--gpu with tvm: OpenCL kernels inside an aarch64 Android library (runs only on a phone)."""
+    import json
+    import shutil
+
+    from profiler.backends._tvm import PHONE_GPU_TARGET
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)")
+    be = get_backend("tvm")
+    be.compile(BlockSpec.from_key(KEYS[3]), json.dumps(PHONE_GPU_TARGET, sort_keys=True), tmp_path / "g.so", {})
+    lib = (tmp_path / "g.so").read_bytes()
+    assert lib[:4] == b"\x7fELF" and lib[18] == 183  # e_machine 183: AArch64
+    assert b"__kernel" in lib  # the OpenCL C source of the kernels travels in the library

@@ -58,6 +58,10 @@ def register(sub) -> None:
     p.add_argument("--cross", choices=["host", "aarch64-android", "aarch64-linux"],
                    help="build for a remote device of another kind than this host (rpc and adb devices; "
                         "default: the host's own target, and aarch64-android for TVM on an arm64 phone)")
+    p.add_argument("--gpu", action="store_true",
+                   help="time on the phone's GPU: OpenCL (Adreno, Mali) with --backend tvm, Vulkan with "
+                        "--backend executorch (the runner must be built with ExecuTorch's Vulkan backend); "
+                        "recorded in the row's target; refused where the phone has no such driver")
     p.add_argument("--db", default="hwnas.db", help="SQLite store file (created if missing)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads during timing (count)")
     p.add_argument("--cores", help="cores of the timing worker, e.g. 1 or 0-3 (default: the fastest "
@@ -373,7 +377,8 @@ def cmd_profile(args) -> int:
         res = profile(blocks, args.backend, store, device=args.device, threads=args.threads, cores=args.cores,
                       protocol=protocol, jobs=args.jobs, cache_dir=args.cache_dir, per_op=args.per_op,
                       tune_trials=args.tune_trials, retry_failed=args.retry_failed, cross=args.cross,
-                      progress=prog, adb=_adb_options(args) if args.device.startswith("adb:") else None)
+                      progress=prog, adb=_adb_options(args) if args.device.startswith("adb:") else None,
+                      gpu=args.gpu)
     finally:
         if prog:
             prog.stop()

@@ -29,15 +29,19 @@ class ExecuTorchBackend(Backend):
 
     def compile(self, model: Model, target: str, out: Path, options: dict[str, Any]) -> dict[str, Any]:
         import torch
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
+
+        if target.startswith("vulkan"):  # a phone's GPU: the runner must be built with the Vulkan backend
+            from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner as Partitioner
+        else:
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner as Partitioner
 
         per_op = bool(options.get("per_op"))
         try:
             module, x = model.build(), model.example_input()
             with torch.no_grad():
                 ep = torch.export.export(module, (x,))
-            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], generate_etrecord=per_op)
+            edge = to_edge_transform_and_lower(ep, partitioner=[Partitioner()], generate_etrecord=per_op)
             prog = edge.to_executorch()
         except Exception as e:  # the exporter and lowering raise many types; keep the reason
             raise CompileError(f"executorch export failed: {type(e).__name__}: {_first_line(e)}") from e
@@ -50,6 +54,9 @@ class ExecuTorchBackend(Backend):
         return extra
 
     def load(self, artifact: Artifact, device: str, threads: int) -> Runner:
+        if artifact.target.startswith("vulkan"):
+            raise BackendUnavailable("executorch: the pip wheel's runtime has no Vulkan backend; a Vulkan .pte "
+                                     "runs on a phone through an executor_runner built with it")
         return _ETRunner(artifact, threads)
 
 
