@@ -72,16 +72,29 @@ class RunConfig:
     seed: int = 0
     train_threads: int = 0  # torch threads for search and training (0: all cores)
     cache_dir: str | None = None  # compile cache (default ~/.cache/hwnas/artifacts)
+    runner: str | None = None  # adb + executorch: executor_runner built for the phone (path)
+    tvm_rpc: str | None = None  # adb + tvm: tvm_rpc built for the phone (path)
+    remote_dir: str = "/data/local/tmp/hwnas"  # adb: hwnas's folder on the phone
 
     #: options that may change between a run and its resumption without changing its results
-    RESUMABLE = ("out", "train_threads", "cache_dir")
+    RESUMABLE = ("out", "train_threads", "cache_dir", "remote_dir")
 
     def check(self) -> None:
         from profiler.devices import parse_device
 
-        parse_device(self.device)
+        dev = parse_device(self.device)
         if self.backend not in ("executorch", "tvm", "torch"):
             raise RunError(f"unknown backend {self.backend!r}; use executorch, tvm or torch")
+        if dev.kind == "adb":
+            need = {"executorch": ("runner", "ExecuTorch's executor_runner"), "tvm": ("tvm_rpc", "TVM's tvm_rpc")}
+            if self.backend not in need:
+                raise RunError(f"{self.device}: a phone runs --backend executorch or tvm")
+            name, what = need[self.backend]
+            path = getattr(self, name)
+            if not path or not Path(path).is_file():
+                raise RunError(f"{self.device} with {self.backend}: --{name.replace('_', '-')} PATH must name {what} "
+                               f"built for the phone with the Android NDK (docs/phones.md)"
+                               + (f"; {path} is not a file" if path else ""))
         if self.target_ms is not None and not self.target_ms > 0:
             raise RunError(f"--target-ms {self.target_ms:g}: give a positive latency in ms")
         if self.loss in ("mul", "ratio") and self.target_ms is None:
@@ -274,8 +287,13 @@ def _failures(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, str]:
 def _profile(cfg: RunConfig, models: list, progress: Progress):
     from profiler.harness import profile
 
+    adb = None
+    if cfg.device.startswith("adb:"):
+        from profiler.adb.device import AdbOptions
+
+        adb = AdbOptions(runner=cfg.runner, tvm_rpc=cfg.tvm_rpc, remote_base=cfg.remote_dir)
     return profile(models, cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads, protocol=_protocol(cfg),
-                   cache_dir=cfg.cache_dir, progress=progress)
+                   cache_dir=cfg.cache_dir, progress=progress, adb=adb)
 
 
 def _train_threads(cfg: RunConfig) -> int:

@@ -253,3 +253,16 @@ def test_gpu_is_refused_on_a_phone_without_drivers_and_recorded_where_present(ph
                 adb=phone.opts, gpu=True)
     assert r.config.target == "vulkan-android-arm64-v8a"
     assert len(r.failed) == 1 and "Loading of program failed" in r.failed[0].error
+
+
+def test_run_on_a_phone_names_what_it_needs_before_anything_runs(tmp_path):
+    from hwnas.pipeline import RunConfig, RunError
+
+    with pytest.raises(RunError, match="--runner PATH must name ExecuTorch's executor_runner"):
+        RunConfig(out=str(tmp_path), device="adb:ABC123", target_ms=1).check()
+    with pytest.raises(RunError, match="--tvm-rpc PATH"):
+        RunConfig(out=str(tmp_path), device="adb:ABC123", backend="tvm", target_ms=1,
+                  tvm_rpc=str(tmp_path / "missing")).check()
+    runner = tmp_path / "executor_runner"
+    runner.write_text("#!/bin/sh\n")
+    RunConfig(out=str(tmp_path), device="adb:ABC123", target_ms=1, runner=str(runner)).check()

@@ -37,6 +37,9 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "seed": (int, "seed of everything random (sampling, weights, splits, random networks)"),
     "train_threads": (int, "torch threads for search and training (count; 0: all cores)"),
     "cache_dir": (str, "compile cache folder (default ~/.cache/hwnas/artifacts)"),
+    "runner": (str, "a phone (adb:...) with executorch: ExecuTorch's executor_runner built for it (path; docs/phones.md)"),
+    "tvm_rpc": (str, "a phone (adb:...) with tvm: TVM's tvm_rpc built for it (path; docs/phones.md)"),
+    "remote_dir": (str, "a phone (adb:...): hwnas's folder on it"),
 }
 
 
