@@ -97,7 +97,7 @@ class RunConfig:
                                + (f"; {path} is not a file" if path else ""))
         if self.target_ms is not None and not self.target_ms > 0:
             raise RunError(f"--target-ms {self.target_ms:g}: give a positive latency in ms")
-        if self.loss in ("mul", "ratio") and self.target_ms is None:
+        if self.loss in ("mul", "ratio", "ceiling") and self.target_ms is None:
             raise RunError(f"the {self.loss} latency loss needs --target-ms (ms); or use --loss add")
         for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every"):
             if getattr(self, name) < 1:

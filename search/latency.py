@@ -21,7 +21,7 @@ from profiler.spaces import SearchSpace
 
 __all__ = ["LatencyPredictor", "LatencyTable", "latency_loss", "StoredMedians", "SearchError", "LOSSES"]
 
-LOSSES = ("add", "mul", "ratio")
+LOSSES = ("add", "mul", "ratio", "ceiling")
 
 
 class SearchError(ValueError):
@@ -109,6 +109,13 @@ def latency_loss(ce: torch.Tensor, lat_ms: torch.Tensor, kind: str = "add", lam:
     - ``"ratio"``: ``CE * (LAT / T)^beta``, the same soft constraint without units (MnasNet's
       form): for sub-millisecond networks, where the log form is undefined. ProxylessNAS's form at
       its 80 ms phone target is close to this one with beta / ln 80 (0.3 -> 0.07).
+    - ``"ceiling"``: ``CE * max(1, LAT / T)^beta``: MnasNet's hard constraint. Above T the same
+      pressure as ``"ratio"``; at or below T none, so the search trades latency for accuracy up to T.
+
+    Why ``"ceiling"`` exists: in ``"mul"`` and ``"ratio"`` the target only multiplies the loss by a
+    constant (``T^-beta``, ``(log T)^-beta``), and Adam, the architecture optimiser, is invariant to a
+    constant scale of its gradients: those searches find the same network for every T
+    (benchmarks/search_targets.py measured it). A loss whose shape changes at T makes T bind.
     """
     if kind == "add":
         return ce + lam * lat_ms
@@ -121,6 +128,10 @@ def latency_loss(ce: torch.Tensor, lat_ms: torch.Tensor, kind: str = "add", lam:
         if target_ms is None or target_ms <= 0:
             raise SearchError("the ratio loss needs a positive --target-ms")
         return ce * (lat_ms / target_ms) ** beta
+    if kind == "ceiling":
+        if target_ms is None or target_ms <= 0:
+            raise SearchError("the ceiling loss needs a positive --target-ms")
+        return ce * torch.clamp(lat_ms / target_ms, min=1.0) ** beta
     raise SearchError(f"unknown latency loss {kind!r}; known: {', '.join(LOSSES)}")
 
 

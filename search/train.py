@@ -84,8 +84,8 @@ class SearchConfig:
         if self.loss == "mul" and (self.target_ms is None or self.target_ms <= 1.0):
             raise SearchError("the multiplicative loss needs --target-ms above 1 ms (log T must be positive); "
                               "use --loss ratio for faster targets")
-        if self.loss == "ratio" and (self.target_ms is None or self.target_ms <= 0):
-            raise SearchError("the ratio loss needs a positive --target-ms")
+        if self.loss in ("ratio", "ceiling") and (self.target_ms is None or self.target_ms <= 0):
+            raise SearchError(f"the {self.loss} loss needs a positive --target-ms")
         if self.loss not in LOSSES:
             raise SearchError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
 

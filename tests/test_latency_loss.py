@@ -29,3 +29,20 @@ def test_ratio_loss_is_unit_free():
     assert float(latency_loss(ce, torch.tensor(0.2), "ratio", target_ms=0.2)) == pytest.approx(1.7)
     with pytest.raises(SearchError, match="positive"):
         latency_loss(ce, torch.tensor(0.2), "ratio", target_ms=None)
+
+
+def test_ratio_target_is_only_a_constant_scale_but_ceiling_binds():
+    """Adam ignores a constant scale of the gradient: with `ratio` two targets give gradients that
+    differ by a constant factor (same search); with `ceiling` a target above LAT removes the latency
+    pressure entirely while one below it keeps it."""
+    ce = torch.tensor(1.3)
+
+    def grad(kind, target):
+        lat = torch.tensor(0.5, requires_grad=True)
+        latency_loss(ce, lat, kind, target_ms=target, beta=0.6).backward()
+        return float(lat.grad)
+
+    g1, g2 = grad("ratio", 0.4), grad("ratio", 0.8)
+    assert g1 / g2 == pytest.approx((0.8 / 0.4) ** 0.6)  # a constant: the same Adam steps
+    assert grad("ceiling", 0.8) == 0.0 and grad("ceiling", 0.4) == pytest.approx(g1)
+    assert float(latency_loss(ce, torch.tensor(0.5), "ceiling", target_ms=0.8)) == pytest.approx(1.3)

@@ -25,7 +25,7 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "predictor": (str, "latency model: hybrid (table where measured, regression elsewhere), lut, regression"),
     "search_epochs": (int, "search epochs, warm-up included (count)"),
     "warmup_epochs": (int, "weight-only epochs before the architecture is updated (count)"),
-    "loss": (str, "latency loss: ratio (CE * (LAT / T)^beta), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),
+    "loss": (str, "latency loss: ratio (CE * (LAT / T)^beta), ceiling (CE * max(1, LAT / T)^beta: T binds), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),
     "lam": (float, "weight of the additive latency loss (1/ms)"),
     "beta": (float, "exponent of the multiplicative latency loss"),
     "arch_lr": (float, "architecture learning rate (Adam)"),

@@ -41,9 +41,11 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["binary", "reinforce", "all"], default="binary",
                    help="binary: ProxylessNAS binarised paths; reinforce: score-function gradient; "
                         "all: every path runs (DARTS; the memory baseline)")
-    p.add_argument("--loss", choices=["add", "mul", "ratio"], default="add",
+    p.add_argument("--loss", choices=["add", "mul", "ratio", "ceiling"], default="add",
                    help="add: CE + lambda * E[LAT]; mul: CE * (log E[LAT] / log T)^beta (T > 1 ms); "
-                        "ratio: CE * (E[LAT] / T)^beta (any T)")
+                        "ratio: CE * (E[LAT] / T)^beta (any T); ceiling: CE * max(1, E[LAT] / T)^beta, no "
+                        "pressure below T (with Adam only ceiling makes T change the result: mul and ratio "
+                        "scale the loss by a constant)")
     p.add_argument("--lambda", dest="lam", type=float, default=0.1, help="weight of E[LAT] in the additive loss (1/ms)")
     p.add_argument("--beta", type=float, default=0.3, help="exponent of the multiplicative loss")
     p.add_argument("--target-ms", type=float, help="latency target T (ms): the T of --loss mul; with either loss, a T below the fastest "
