@@ -33,6 +33,11 @@ class DeviceSpec:
     port: int = 0
     key: str = ""
 
+    @property
+    def address(self) -> str:
+        """An adb device as adb names it: the USB serial, or HOST:PORT."""
+        return self.serial or f"{self.host}:{self.port}"
+
 
 _HOSTPORT = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 

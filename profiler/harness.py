@@ -8,6 +8,7 @@ where it stopped when started again. Compilation and timing never overlap.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -80,6 +81,16 @@ def _versions(backend: str) -> dict[str, str]:
             except PackageNotFoundError:
                 out[pkg] = "not installed"
     return out
+
+
+@contextlib.contextmanager
+def _opened(store: Store | str | Path):
+    """The store as given, or opened from its path (and closed after)."""
+    if isinstance(store, Store):
+        yield store
+        return
+    with Store(store) as st:
+        yield st
 
 
 @contextlib.contextmanager
@@ -172,14 +183,9 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
     # a remote device's cores are the server's business; the local worker only holds the session
     config = Config(dev.spec, device_id, backend, target, threads,
                     "remote" if dev.kind == "rpc" else format_cores(core_list))
-    own_store = not isinstance(store, Store)
-    st = Store(store) if own_store else store
-    try:
+    with _opened(store) as st:
         return _run(models, be.name, st, config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
                     retry_failed, progress, t_run)
-    finally:
-        if own_store:
-            st.close()
 
 
 def _phone_gpu(info: dict, api: str, spec: str) -> None:
@@ -208,7 +214,7 @@ def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per
                           f"with the Android NDK (docs/phones.md says how)")
     if threads != 1:
         raise ValueError("on a phone the runner's thread count is set when it is built; use --threads 1")
-    phone = AdbDevice(dev.serial if dev.serial else f"{dev.host}:{dev.port}", opts, on_message=progress.message)
+    phone = AdbDevice(dev.address, opts, on_message=progress.message)
     with phone:
         abi = phone.info["props"].get("abi") or "unknown-abi"
         target = be.target_for(dev.spec, cross or f"android-{abi}")
@@ -218,28 +224,22 @@ def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per
         be.check_options({"tune_trials": 0, "per_op": per_op})
         config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, threads,
                         f"mask:{opts.mask}")
-        own_store = not isinstance(store, Store)
-        st = Store(store) if own_store else store
-        try:
+        with _opened(store) as st:
             return _run(models, be.name, st, config, [], protocol, jobs, cache_dir, per_op, 0, retry_failed,
                         progress, t_run, timer=phone)
-        finally:
-            if own_store:
-                st.close()
 
 
 def _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir, retry_failed, cross,
                      progress: Progress, opts, t_run, gpu: bool = False) -> ProfileResult:
     """TVM on a phone: cross-compiled libraries timed through TVM's RPC server started on it over adb."""
-    from profiler.adb.device import AdbDevice, AdbOptions, device_id_of
+    from profiler.adb.device import AdbDevice, device_id_of
     from profiler.adb.tvm_rpc import PhoneRpcServer
 
     if not opts.tvm_rpc:
         raise DeviceError(f"{dev.spec}: pass --tvm-rpc PATH (TVM's tvm_rpc built for the phone with the NDK), or "
                           f"run TVM's Android RPC app against a tracker and use --device rpc:HOST:PORT/KEY "
                           f"(docs/phones.md)")
-    phone = AdbDevice(dev.serial if dev.serial else f"{dev.host}:{dev.port}",
-                      AdbOptions(**{**opts.__dict__, "runner": None}), on_message=progress.message)
+    phone = AdbDevice(dev.address, dataclasses.replace(opts, runner=None), on_message=progress.message)
     with phone:
         abi = phone.info["props"].get("abi") or ""
         if cross is None:
@@ -257,14 +257,9 @@ def _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir,
         core_list = default_cores(1)  # the local worker only holds the RPC session
         with PhoneRpcServer(phone, opts.tvm_rpc, tracker=opts.tracker) as server:
             progress.message(f"tvm_rpc on {dev.spec} registered as {server.device}")
-            own_store = not isinstance(store, Store)
-            st = Store(store) if own_store else store
-            try:
+            with _opened(store) as st:
                 return _run(models, be.name, st, config, core_list, protocol, jobs, cache_dir, False, 0,
                             retry_failed, progress, t_run, worker_device=server.device)
-            finally:
-                if own_store:
-                    st.close()
 
 
 def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,

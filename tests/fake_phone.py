@@ -32,7 +32,9 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text + "\n")
 
 
-def make_sysroot(root: Path, temp_mc: int = 38000) -> Path:
+def make_sysroot(root: Path, temp_mc: int = 38000, zones: list[tuple[str, str]] | None = None) -> Path:
+    """A Snapdragon-855-like /sys: cpufreq per core, thermal `zones` ((type, raw temp) each; default one
+    CPU zone at `temp_mc` millidegrees), a battery at 64 %."""
     for i, khz in enumerate(MAX_KHZ):
         d = root / f"sys/devices/system/cpu/cpu{i}"
         if i:
@@ -41,8 +43,10 @@ def make_sysroot(root: Path, temp_mc: int = 38000) -> Path:
         _write(d / "cpufreq/cpuinfo_min_freq", "300000")
         _write(d / "cpufreq/scaling_cur_freq", str(khz // 2))
         _write(d / "cpufreq/scaling_governor", "schedutil")
-    _write(root / "sys/class/thermal/thermal_zone0/type", "cpu-0-0-usr")
-    _write(root / "sys/class/thermal/thermal_zone0/temp", str(temp_mc))
+    (root / "sys/devices/system/cpu/cpufreq").mkdir(parents=True, exist_ok=True)  # not a core: skipped
+    for i, (kind, temp) in enumerate(zones or [("cpu-0-0-usr", str(temp_mc))]):
+        _write(root / f"sys/class/thermal/thermal_zone{i}/type", kind)
+        _write(root / f"sys/class/thermal/thermal_zone{i}/temp", temp)
     _write(root / "sys/class/power_supply/battery/capacity", "64")
     _write(root / "sys/class/power_supply/battery/status", "Discharging")
     return root

@@ -6,6 +6,7 @@ stays gone."""
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -95,7 +96,7 @@ def test_crashing_and_garbage_runners_are_failures_with_output(phone, tmp_path, 
         bad.write_text(f"#!/bin/sh\n{body}\n")
         bad.chmod(0o755)
         db = tmp_path / f"{reason}.db"
-        opts = AdbOptions(**{**phone.opts.__dict__, "runner": str(bad)})
+        opts = replace(phone.opts, runner=str(bad))
         r = profile(TINY[:1], "executorch", db, device=phone.spec, protocol=QUICK, cache_dir=cache_dir, adb=opts)
         assert (len(r.measured), len(r.failed)) == (0, 1)
         with Store(db) as st:
@@ -129,7 +130,7 @@ def test_phone_that_stays_gone_ends_the_run_and_keeps_what_was_measured(phone, t
     db = tmp_path / "g.db"
     blocks = TINY[:4]
     phone.dev.disconnect_after(shells=17, down_s=float("inf"))
-    opts = AdbOptions(**{**phone.opts.__dict__, "reconnect_s": 2})
+    opts = replace(phone.opts, reconnect_s=2)
     with pytest.raises(DeviceGone, match="stayed unreachable"):
         profile(blocks, "executorch", db, device=phone.spec, protocol=QUICK, cache_dir=cache_dir, adb=opts)
     with Store(db) as st:
@@ -213,7 +214,7 @@ def test_tvm_on_the_phone_through_tvm_rpc_started_over_adb(phone, tmp_path, cach
     the profiler starts on loopback; blocks timed through a session; the server stopped at the end."""
     from fake_phone import make_tvm_rpc
 
-    opts = AdbOptions(**{**phone.opts.__dict__, "tvm_rpc": str(make_tvm_rpc(tmp_path / "tvm_rpc"))})
+    opts = replace(phone.opts, tvm_rpc=str(make_tvm_rpc(tmp_path / "tvm_rpc")))
     db = tmp_path / "tvm.db"
     # the loopback "phone" is this host: build for it (a real arm64 phone gets --cross aarch64-android)
     r = profile(TINY[:2], "tvm", db, device=phone.spec, protocol=QUICK, cache_dir=cache_dir, adb=opts, cross="host")
@@ -238,7 +239,7 @@ def test_gpu_is_refused_on_a_phone_without_drivers_and_recorded_where_present(ph
 
     with pytest.raises(DeviceError, match="Vulkan on the phone and none was found"):
         profile(TINY[:1], "executorch", tmp_path / "g.db", device=phone.spec, adb=phone.opts, gpu=True)
-    tvm_opts = AdbOptions(**{**phone.opts.__dict__, "tvm_rpc": str(make_tvm_rpc(tmp_path / "tvm_rpc"))})
+    tvm_opts = replace(phone.opts, tvm_rpc=str(make_tvm_rpc(tmp_path / "tvm_rpc")))
     with pytest.raises(DeviceError, match="OpenCL on the phone and none was found"):
         profile(TINY[:1], "tvm", tmp_path / "g.db", device=phone.spec, adb=tvm_opts, gpu=True)
     with pytest.raises(DeviceError, match="local:cuda"):

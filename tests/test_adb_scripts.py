@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_phone import MAX_KHZ, make_bin, make_sysroot
 from profiler.adb.parsers import BenchOutputError, parse_bench, parse_info, parse_prepare
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "device_scripts"
@@ -24,50 +25,17 @@ def shell(request, monkeypatch):
 
 SH = None  # set per test by the `shell` fixture
 
-# Snapdragon 855-like: 4 LITTLE at 1.79 GHz, 3 big at 2.42 GHz, 1 prime at 2.84 GHz
-MAX_KHZ = [1785600] * 4 + [2419200] * 3 + [2841600]
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-
-
 @pytest.fixture
 def sysroot(tmp_path):
-    root = tmp_path / "sysroot"
-    for i, khz in enumerate(MAX_KHZ):
-        d = root / f"sys/devices/system/cpu/cpu{i}"
-        if i:
-            _write(d / "online", "1")
-        _write(d / "cpufreq/cpuinfo_max_freq", str(khz))
-        _write(d / "cpufreq/cpuinfo_min_freq", "300000")
-        _write(d / "cpufreq/scaling_cur_freq", str(khz // 2))
-        _write(d / "cpufreq/scaling_governor", "schedutil")
-    (root / "sys/devices/system/cpu/cpufreq").mkdir(parents=True)  # a non-core entry, must be skipped
-    for i, (kind, temp) in enumerate([("cpu-0-0-usr", "38000"), ("battery", "30"), ("pmic", "-273000")]):
-        _write(root / f"sys/class/thermal/thermal_zone{i}/type", kind)
-        _write(root / f"sys/class/thermal/thermal_zone{i}/temp", temp)
-    _write(root / "sys/class/power_supply/battery/capacity", "64")
-    _write(root / "sys/class/power_supply/battery/status", "Discharging")
-    return root
+    # a battery zone in whole degrees and a switched-off sensor (-273 C) beside the CPU zone
+    return make_sysroot(tmp_path / "sysroot",
+                        zones=[("cpu-0-0-usr", "38000"), ("battery", "30"), ("pmic", "-273000")])
 
 
 @pytest.fixture
 def fakebin(tmp_path):
     """getprop and cmd as a phone has them, on PATH before the host's tools."""
-    b = tmp_path / "bin"
-    b.mkdir()
-    (b / "getprop").write_text(
-        "#!/bin/sh\ncase $1 in\n ro.product.model) echo 'Fake Phone 8';;\n ro.soc.model) echo SM8150;;\n"
-        " ro.product.cpu.abi) echo arm64-v8a;;\n ro.build.version.release) echo 14;;\n"
-        " ro.build.version.sdk) echo 34;;\n *) ;;\nesac\n")
-    (b / "cmd").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/cmd.log\n")
-    # the fake tree's big cores (4-7) do not exist on this host: record the mask, run unpinned
-    (b / "taskset").write_text(f"#!/bin/sh\necho \"$1\" >> {tmp_path}/taskset.log\nshift\nexec \"$@\"\n")
-    for f in b.iterdir():
-        f.chmod(0o755)
-    return b
+    return make_bin(tmp_path / "bin", tmp_path)
 
 
 def run(script: str, *args: str, sysroot=None, fakebin=None, env=None, timeout=30):

@@ -152,7 +152,6 @@ def _phones(args) -> tuple[list[dict[str, Any]], str | None]:
     import subprocess
 
     from profiler.adb.device import read_info
-    from profiler.adb.transport import AdbError
 
     adb = shutil.which("adb")
     if adb is None:
@@ -175,7 +174,7 @@ def _phones(args) -> tuple[list[dict[str, Any]], str | None]:
         else:
             try:
                 row.update(_phone_row(read_info(serial, _adb_options(args))))
-            except (AdbError, Exception) as e:  # one broken phone must not hide the others
+            except Exception as e:  # one broken phone (adb, parse, auth) must not hide the others
                 row["error"] = f"{type(e).__name__}: {e}"
         rows.append(row)
     return rows, None if rows else "phones: none attached (`adb devices` lists none)"
@@ -212,7 +211,7 @@ def cmd_device_info(args) -> int:
     elif dev.kind == "adb":
         from profiler.adb.device import read_info
 
-        info = read_info(dev.serial or f"{dev.host}:{dev.port}", _adb_options(args))
+        info = read_info(dev.address, _adb_options(args))
         info = {"device": args.device, **_phone_row(info), **info}
     else:
         raise UserError(f"{args.device}: a TVM RPC device tells nothing about itself; name the phone behind "

@@ -23,6 +23,7 @@ ends the run. A runner that crashes, hangs or prints garbage is a failure with i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -120,8 +121,7 @@ class AdbDevice:
             if not r.is_file():
                 raise RunnerError(f"--runner {r}: no such file; build ExecuTorch's executor_runner for the "
                                   f"phone with the Android NDK (see docs/phones.md) and pass its path")
-            self._runner_sha = _sha256(r)
-            self.runner_remote = f"{base}/runners/{self._runner_sha[:16]}/executor_runner"
+            self.runner_remote = self._cached_path(r, "executor_runner")
         self.info: dict[str, Any] | None = None
         self.prepared: dict[str, Any] | None = None
         self.reconnects = 0
@@ -187,11 +187,14 @@ class AdbDevice:
         t.check(["chmod", "755", tmp], timeout_s=30)
         t.check(["mv", "-f", tmp, remote], timeout_s=30)
 
+    def _cached_path(self, local: str | os.PathLike, name: str) -> str:
+        return f"{self.base}/runners/{_sha256(local)[:16]}/{name}"
+
     def push_cached(self, local: str, name: str) -> str:
         """Push an executable once per content: ``<base>/runners/<sha256[:16]>/<name>``; return its path."""
         if not Path(local).is_file():
             raise RunnerError(f"{local}: no such file")
-        remote = f"{self.base}/runners/{_sha256(local)[:16]}/{name}"
+        remote = self._cached_path(local, name)
         self._retry(f"pushing {name}", lambda: self._push_cached_now(local, remote))
         return remote
 
@@ -358,7 +361,7 @@ class AdbDevice:
 def read_info(serial: str, options: AdbOptions | None = None) -> dict[str, Any]:
     """`info.sh` of one phone (push the scripts if needed), without preparing it for timing."""
     opts = options or AdbOptions()
-    dev = AdbDevice(serial, AdbOptions(**{**opts.__dict__, "prepare": False, "runner": None}))
+    dev = AdbDevice(serial, dataclasses.replace(opts, prepare=False, runner=None))
     try:
         dev.open()
         return dev.info

@@ -144,11 +144,23 @@ class PhoneRpcServer:
         raise DeviceError(f"adb:{self.phone.serial}: tvm_rpc did not register with the tracker {host}:{port} "
                           f"within {self.wait_s:.0f} s; its output: {text.strip()[-400:]!r}")
 
+    @staticmethod
+    def _stop(t, pid: str, grace_s: float = 5.0) -> None:
+        """SIGTERM, wait until the process is gone, SIGKILL after `grace_s`: no server outlives the run."""
+        t.shell(["kill", pid], timeout_s=15)
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end:
+            code, _ = t.shell(["kill", "-0", pid], timeout_s=15)
+            if code != 0:
+                return
+            time.sleep(0.2)
+        t.shell(["kill", "-9", pid], timeout_s=15)
+
     def close(self) -> None:
         t = self.phone._t
         if self._pid and t is not None:
             try:
-                t.shell(["kill", self._pid], timeout_s=15)
+                self._stop(t, self._pid)
             except AdbError:
                 pass
         for args in self._undo:
