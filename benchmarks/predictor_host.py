@@ -16,6 +16,8 @@
    - the block sum plus a per-network overhead (`fit_overhead`), fitted on ``--folds`` folds of the
      networks and scored on the held-out ones;
    - scale x block sum + overhead (least squares), the same folds;
+   - block costs refined on the networks (`fit_refined`: a factor per block, shrunk toward 1 by a
+     ridge chosen by an inner 5-fold CV on the training networks), the same folds;
    - the FLOPs baseline: latency = a * FLOPs + b fitted on the networks, the same folds;
    and, at block level, the leave-one-out accuracy of the regression on the blocks (auto family).
 Metrics (`predictor.metrics`): RMSPE, MAPE, share within +-5 % / +-10 %, Kendall's tau, RMSE (ms).
@@ -46,7 +48,7 @@ from predictor import fit_predictor, metrics  # noqa: E402
 from predictor.evaluate import Evaluation, cross_validate, plot  # noqa: E402
 from predictor.lut import Entry  # noqa: E402
 from predictor._metrics import fold_indices  # noqa: E402
-from predictor.network import fit_overhead  # noqa: E402
+from predictor.network import fit_overhead, fit_refined  # noqa: E402
 from profiler import TimingProtocol, profile  # noqa: E402
 from profiler.blocks import flops  # noqa: E402
 from profiler.devices import local_id, local_info  # noqa: E402
@@ -144,6 +146,7 @@ def main() -> int:
     ap.add_argument("--db", help="SQLite store to keep the measurements in (default: a temporary one)")
     ap.add_argument("--space", default="proxyless-mobile", help="search space (another one for a smoke run)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--name", help="stem of the result files (default predictor_host-<date>)")
     args = ap.parse_args()
     t_start = time.perf_counter()
     space = load_space(args.space)
@@ -208,11 +211,15 @@ def main() -> int:
     net_flops = np.array([sum(flops(b) for b in a.blocks) for a in archs_ok], dtype=float)
     folds = fold_indices(len(y), args.folds, args.seed)
     with_overhead = np.empty(len(y))
-    overheads = []
+    refined = np.empty(len(y))
+    overheads, ridges = [], []
     for tr, te in folds:
         p = fit_overhead(pred, [archs_ok[i].blocks for i in tr], y[tr])
         overheads.append(p.overhead_ms)
         with_overhead[te] = [p.predict_network_ms(archs_ok[i]) for i in te]
+        p = fit_refined(pred, [archs_ok[i].blocks for i in tr], y[tr], seed=args.seed)
+        ridges.append(p.meta["ridge"])
+        refined[te] = [p.predict_network_ms(archs_ok[i]) for i in te]
     one = np.ones(len(y))
     scaled = _cv_linear(np.column_stack([block_sum, one]), y, folds)
     flops_net = _cv_linear(np.column_stack([net_flops / 1e6, one]), y, folds)
@@ -233,6 +240,7 @@ def main() -> int:
         "block sum (fit_predictor on this host's blocks)": block_sum,
         f"block sum + overhead ({args.folds}-fold CV)": with_overhead,
         f"scale x block sum + overhead ({args.folds}-fold CV)": scaled,
+        f"block costs refined on networks ({args.folds}-fold CV)": refined,
         f"FLOPs baseline: a*FLOPs+b on networks ({args.folds}-fold CV)": flops_net,
         "FLOPs baseline: a*FLOPs+b on blocks, summed": flops_blocks,
     }
@@ -271,7 +279,8 @@ def main() -> int:
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "flock /tmp/hwnas-bench.lock .venv/bin/python benchmarks/predictor_host.py "
-                   f"--networks {args.networks} --seed {args.seed} --folds {args.folds} --space {space.name}",
+                   f"--networks {args.networks} --seed {args.seed} --folds {args.folds} --space {space.name}"
+                   + (f" --db {args.db}" if args.db else ""),
         "machine": {k: info[k] for k in ("id", "cpu_model", "cores", "machine", "os", "governor")},
         "versions": {p: version(p) for p in ("torch", "executorch", "numpy", "scikit-learn")}
         | {"python": sys.version.split()[0]},
@@ -288,22 +297,26 @@ def main() -> int:
         "network_level": scores,
         "network_model_all": {"scale": float(w_all[0]), "overhead_ms": float(w_all[1]),
                               "mean_overhead_ms": float(np.mean(y - block_sum)),
-                              "overhead_ms_per_fold": overheads},
+                              "overhead_ms_per_fold": overheads, "refine_ridge_per_fold": ridges},
         "block_level_loo": ev_blocks.to_dict(rows=False),
         "reference": "nn-Meter (Zhang et al., MobiSys 2021): 99.0 % of models within +-10 % on a phone CPU",
         "rows": [{"arch": a.key, "blocks": a.keys, "measured_ms": float(m), "block_sum_ms": float(b),
                   "gflops": float(f / 1e9)} for a, m, b, f in zip(archs_ok, y, block_sum, net_flops)],
     }
-    out = out_dir / f"predictor_host-{date}.json"
+    stem = args.name or f"predictor_host-{date}"
+    out = out_dir / f"{stem}.json"
     out.write_text(json.dumps(res, indent=1, default=lambda o: None))
     names = list(rows)
     p1 = plot(Evaluation([a.key for a in archs_ok], y, block_sum, flops_net, {"mode": "block sum"}),
-              out_dir / f"predictor_host-{date}-blocksum.png",
+              out_dir / f"{stem}-blocksum.png",
               title=f"{len(y)} networks, {info['cpu_model']}: block sum vs measured")
     p2 = plot(Evaluation([a.key for a in archs_ok], y, with_overhead, flops_net, {"mode": names[1]}),
-              out_dir / f"predictor_host-{date}-overhead.png",
+              out_dir / f"{stem}-overhead.png",
               title=f"{len(y)} networks: block sum + overhead ({args.folds}-fold CV)")
-    print(f"wrote {out}, {p1.name}, {p2.name}; total {time.perf_counter() - t_start:.0f} s")
+    p3 = plot(Evaluation([a.key for a in archs_ok], y, refined, flops_net, {"mode": names[3]}),
+              out_dir / f"{stem}-refined.png",
+              title=f"{len(y)} networks: block costs refined on networks ({args.folds}-fold CV)")
+    print(f"wrote {out}, {p1.name}, {p2.name}, {p3.name}; total {time.perf_counter() - t_start:.0f} s")
     if tmp is not None:
         tmp.cleanup()
     return 0

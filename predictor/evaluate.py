@@ -173,20 +173,24 @@ def score_networks(pred: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: S
 
 
 def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float], folds: int | str = 5,
-                            seed: int = 0, base: Predictor | None = None) -> Evaluation:
+                            seed: int = 0, base: Predictor | None = None, network_model: str = "overhead") -> Evaluation:
     """Out-of-fold network predictions (ms): each network is predicted by a model fitted without it.
 
     Without ``base``: per-block costs and an overhead learned from the training networks alone
     (`fit_networks`). With ``base`` (a block predictor fitted on separate block measurements): only
-    the per-network overhead is fitted on the training networks (`fit_overhead`). The FLOPs baseline
+    the per-network overhead is fitted on the training networks (`fit_overhead`), or with
+    ``network_model="refine"`` also a factor per block shrunk toward 1 (`fit_refined`, its ridge chosen
+    by an inner CV on the training networks only). The FLOPs baseline
     (a * network FLOPs + b) is fitted on the same folds.
 
     Raises:
         PredictorError: fewer than 3 networks, bad folds. UnknownBlockError: ``base`` is a table that
             lacks a block of a network.
     """
-    from predictor.network import fit_networks, fit_overhead
+    from predictor.network import NETWORK_MODELS, fit_networks, fit_overhead, fit_refined
 
+    if network_model not in NETWORK_MODELS:
+        raise PredictorError(f"unknown network model {network_model!r}; known: {', '.join(NETWORK_MODELS)}")
     nets, y, mf = _network_inputs(nets, y_ms, 3)
     try:
         splits = fold_indices(len(y), folds, seed)
@@ -197,14 +201,21 @@ def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[
     pred, bl = np.empty(len(y)), np.empty(len(y))
     for tr, te in splits:
         train = [nets[i] for i in tr]
-        m = fit_overhead(base, train, y[tr]) if base is not None else fit_networks(train, y[tr])
+        if base is None:
+            m = fit_networks(train, y[tr])
+        elif network_model == "refine":
+            m = fit_refined(base, train, y[tr], seed=seed)
+        else:
+            m = fit_overhead(base, train, y[tr])
         pred[te] = [m.predict_network_ms(nets[i]) for i in te]
         slope, icpt = _fit_flops(mf[tr], y[tr])
         bl[te] = slope * mf[te] + icpt
     how = {"mode": "cross-validation", "folds": folds, "seed": seed,
-           "model": f"block predictor ({base.describe()}) + overhead fitted per fold" if base is not None
-           else "per-block costs and overhead learned from the training networks (fit_networks)",
-           "label": "blocks + overhead" if base is not None else "network fit"}
+           "model": (f"block predictor ({base.describe()}) + overhead fitted per fold" if network_model == "overhead"
+                     else f"block predictor ({base.describe()}), factors per block and overhead fitted per fold")
+           if base is not None else "per-block costs and overhead learned from the training networks (fit_networks)",
+           "label": ("blocks + overhead" if network_model == "overhead" else "blocks refined + overhead")
+           if base is not None else "network fit"}
     return Evaluation(_network_keys(nets), y, pred, bl, how, unit="network")
 
 

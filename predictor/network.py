@@ -1,8 +1,16 @@
 """Network-level latency: the sum of block predictions plus a fitted per-network overhead.
 
-Two ways to fit, from whole-network measurements (block lists + one latency in ms each):
+Three ways to fit, from whole-network measurements (block lists + one latency in ms each):
 
 - `fit_overhead`: keep a block predictor, fit only the overhead (the mean of measured - predicted sum).
+- `fit_refined`: keep a block predictor as the prior and learn, from the networks, a factor per
+  block (its cost inside a network against its cost alone: caches, layouts and operator fusion that
+  a block timed in isolation does not see), shrunk toward 1 by a ridge term chosen by k-fold
+  cross-validation on the networks, plus the overhead:
+
+      y_n = sum_j A[n, j] p_j s_j + o,    minimise |A (p * s) + o - y|^2 + lam |s - 1|^2,  s >= 0
+
+  Blocks no network contains keep their prior cost (s = 1).
 - `fit_networks`: no block measurements at all. Per-block costs are learned from the sums:
 
       y_n = sum_j A[n, j] c_j + o        A[n, j] = how often block j occurs in network n
@@ -30,7 +38,10 @@ from predictor.lut import Entry, HybridPredictor, LookupTable
 from predictor.regression import _LINEAR_COLUMNS, RegressionPredictor
 from profiler.blocks import BlockSpec, unique
 
-__all__ = ["fit_networks", "fit_overhead"]
+__all__ = ["NETWORK_MODELS", "fit_networks", "fit_overhead", "fit_refined"]
+
+#: how a block predictor is combined with whole-network measurements (`hwnas fit --network-model`)
+NETWORK_MODELS = ("overhead", "refine")
 
 
 def _check(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float]) -> np.ndarray:
@@ -56,6 +67,80 @@ def fit_overhead(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Seq
     p.meta = dict(base.meta, overhead_from_networks=len(nets),
                   overhead_residual_rms_ms=float(np.sqrt(np.mean((y - sums - p.overhead_ms) ** 2))))
     return p
+
+
+def _occurrences(nets: Sequence[Sequence[BlockSpec]]) -> tuple[list[BlockSpec], np.ndarray]:
+    """Distinct non-zero blocks and the count matrix A[n, j] of block j in network n."""
+    blocks = unique(b for n in nets for b in n if b.kind != "zero")
+    col = {b: j for j, b in enumerate(blocks)}
+    a = np.zeros((len(nets), len(blocks)))
+    for i, n in enumerate(nets):
+        for b in n:
+            if b.kind != "zero":
+                a[i, col[b]] += 1
+    return blocks, a
+
+
+def _solve_factors(ap: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    """min |ap s + o - y|^2 + lam |s - 1|^2 over s >= 0 and o free; ``ap`` is A scaled by the prior."""
+    from scipy.optimize import lsq_linear
+
+    k = ap.shape[1]
+    s = np.sqrt(lam)
+    m = np.vstack([np.column_stack([ap, np.ones(len(y))]), np.column_stack([s * np.eye(k), np.zeros(k)])])
+    rhs = np.concatenate([y, s * np.ones(k)])
+    r = lsq_linear(m, rhs, bounds=([0.0] * k + [-np.inf], [np.inf] * (k + 1)))
+    return r.x[:-1], float(r.x[-1])
+
+
+#: ridge strengths tried, relative to the mean squared column of A scaled by the prior
+REFINE_RIDGES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def fit_refined(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float],
+                ridge: float | None = None, folds: int = 5, seed: int = 0) -> Predictor:
+    """Block costs of ``base`` refined on whole-network latencies (ms): a factor per block, shrunk
+    toward 1; ``ridge`` (relative) chosen by ``folds``-fold CV on the networks when None.
+
+    Raises `UnknownBlockError` when ``base`` is a table that lacks a block of a network.
+    """
+    from predictor._metrics import fold_indices
+
+    y = _check(nets, y_ms)
+    blocks, a = _occurrences(nets)
+    prior = base.predict_ms(blocks)
+    ap = a * prior
+    unit = float(np.sum(ap ** 2)) / max(len(blocks), 1)
+    chosen, cv_rmspe = ridge, {}
+    if chosen is None:
+        k = min(folds, len(y))
+        if k < 2:
+            chosen = 1.0
+        else:
+            for r in REFINE_RIDGES:
+                pred = np.empty(len(y))
+                for tr, te in fold_indices(len(y), k, seed):
+                    f, o = _solve_factors(ap[tr], y[tr], r * unit)
+                    pred[te] = ap[te] @ f + o
+                cv_rmspe[r] = float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
+            chosen = min(cv_rmspe, key=cv_rmspe.get)
+    factors, overhead = _solve_factors(ap, y, chosen * unit)
+    costs = prior * factors
+    entries = {}
+    table = getattr(base, "table", base if isinstance(base, LookupTable) else None)
+    if table is not None:
+        entries.update(table.entries)
+    entries.update({b.key: Entry(float(c)) for b, c in zip(blocks, costs)})
+    regression = getattr(base, "regression", base if isinstance(base, RegressionPredictor) else None)
+    info = {"refined_from_networks": len(y), "refined_blocks": len(blocks), "ridge": chosen,
+            "ridge_cv_rmspe": {str(k): v for k, v in cv_rmspe.items()},
+            "factor_range": [float(factors.min()), float(factors.max())] if len(factors) else None,
+            "residual_rms_ms": float(np.sqrt(np.mean((ap @ factors + overhead - y) ** 2)))}
+    meta = dict(base.meta, **info)
+    if regression is None:  # a table prior: unseen blocks still raise, as the table did
+        return LookupTable(entries, overhead_ms=overhead, meta=meta, source="block costs refined on networks")
+    lut = LookupTable(entries, source="block costs refined on networks")
+    return HybridPredictor(lut, regression, overhead_ms=overhead, meta=meta)
 
 
 def fit_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float], ridge: float = 1e-5,

@@ -279,6 +279,40 @@ def test_network_fit_recovers_block_costs():
     assert p.predict_ms([BlockSpec.mbconv(8, 16, 16, 4, 3, 1)])[0] > 0
 
 
+def test_refined_fit_learns_in_network_factors_out_of_fold():
+    """Blocks cost a factor more (or less) inside a network than alone; a prior of isolated costs
+    plus a ridge toward factor 1 learns them from the sums and predicts held-out networks better."""
+    from predictor.network import fit_refined
+
+    pool = [BlockSpec.mbconv(8, 16, 16, e, k, 1) for e in (3, 6) for k in (3, 5, 7)] + \
+           [BlockSpec.mbconv(16, 8, 8, 1, 3, 1), BlockSpec.mbconv(16, 8, 8, 3, 5, 1)]
+    rng = np.random.default_rng(2)
+    alone = rng.uniform(0.05, 0.5, len(pool))
+    factor = rng.uniform(0.8, 1.6, len(pool))
+    prior = LookupTable({b.key: float(c) for b, c in zip(pool, alone)})
+    unseen = BlockSpec.mbconv(8, 16, 16, 4, 3, 1)
+
+    def sample(n):
+        nets, y = [], []
+        for _ in range(n):
+            idx = rng.integers(0, len(pool), rng.integers(3, 9))
+            nets.append([pool[i] for i in idx] + [BlockSpec.zero(8, 16)])
+            y.append(float((alone[idx] * factor[idx]).sum() + 0.3) * rng.normal(1, 0.01))
+        return nets, np.array(y)
+
+    nets, y = sample(80)
+    test_nets, test_y = sample(40)
+    p = fit_refined(prior, nets, y)
+    err_prior = np.abs([prior.predict_network_ms(n) for n in test_nets] - test_y) / test_y
+    err_refined = np.abs([p.predict_network_ms(n) for n in test_nets] - test_y) / test_y
+    assert np.median(err_refined) < 0.03 < np.median(err_prior)
+    assert p.meta["ridge"] in p.meta["ridge_cv_rmspe"] or str(p.meta["ridge"]) in p.meta["ridge_cv_rmspe"]
+    with pytest.raises(UnknownBlockError):  # a table prior still refuses what it never measured
+        p.predict_ms([unseen])
+    hybrid = fit_refined(fit_predictor({b.key: Entry(float(c)) for b, c in zip(pool, alone)}, "hybrid"), nets, y)
+    assert hybrid.predict_ms([unseen])[0] > 0  # a hybrid prior answers it by regression
+
+
 def test_network_files(tmp_path):
     k1, k2 = load_space("tiny").blocks()[0].key, load_space("tiny").blocks()[1].key
     f = tmp_path / "n.jsonl"
@@ -464,6 +498,31 @@ def test_cli_evaluate_networks_cv_fits_on_the_folds(tmp_path, capsys):
     assert _main(["evaluate", "--networks", c, "--cv", "loo", "--json"]) == 0
     s2 = json.loads(capsys.readouterr().out)
     assert s2["n"] == 50 and s2["folds"] == "loo" and s2["mape"] < 1e-3
+
+
+def test_cli_refine_network_model_learns_what_blocks_cost_inside_networks(tmp_path, capsys):
+    """Networks whose blocks cost a factor more than in the table: `--network-model refine` learns the
+    factors on the folds and beats a constant overhead out of fold; `fit` saves such a predictor."""
+    t = read_lut_yaml(PROXYLESS)
+    keys = [b.key for b in load_space("tiny").blocks()]
+    rng = np.random.default_rng(8)
+    factor = dict(zip(keys, rng.uniform(1.0, 1.8, len(keys))))
+    cost = {k: t.entries[k].mean_ms * factor[k] for k in keys}
+    f, _, rows = _network_rows(tmp_path, 80, cost, 0.3, seed=9)
+    scores = {}
+    for model in ("overhead", "refine"):
+        assert _main(["evaluate", "--networks", f, "--lut", PROXYLESS, "--model", "lut", "--cv", 5,
+                      "--network-model", model, "--json"]) == 0
+        scores[model] = json.loads(capsys.readouterr().out)
+    assert "factors per block" in scores["refine"]["model"]
+    assert scores["refine"]["mape"] < 0.02 < scores["overhead"]["mape"]
+    out = tmp_path / "refined.json"
+    assert _main(["fit", "--lut", PROXYLESS, "--model", "lut", "--networks", f, "--network-model", "refine",
+                  "--out", out, "--json"]) == 0
+    capsys.readouterr()
+    p = load_predictor(out)
+    assert p.predict_network_ms([BlockSpec.from_key(k) for k in rows[0]["blocks"]]) == \
+        pytest.approx(rows[0]["latency_ms"], rel=0.02)
 
 
 def test_cli_evaluate_networks_on_a_block_predictor(tmp_path, capsys):

@@ -35,6 +35,10 @@ def register(sub) -> None:
                    help="hybrid: table + CV-chosen regression; lut: exact keys only; regression: CV-chosen "
                         "family only; or one family")
     p.add_argument("--folds", default="5", help="cross-validation folds for choosing the family (count, or loo)")
+    p.add_argument("--network-model", default="overhead", choices=["overhead", "refine"],
+                   help="with --networks and --db/--lut: overhead fits one per-network constant (ms) on top of "
+                        "the block predictor; refine also learns a factor per block (its cost inside networks "
+                        "against alone), shrunk toward 1 by a ridge chosen by 5-fold CV on the networks")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the tree ensembles")
     p.add_argument("--out", required=True, help="predictor file to write (.json)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -60,6 +64,9 @@ def register(sub) -> None:
     p.add_argument("--cv", help="cross-validate fresh models instead: a fold count (e.g. 5) or loo")
     p.add_argument("--model", default="auto", help="with --cv: auto (chosen per fold) or one family "
                                                    "(linear, loglinear, gbt, forest)")
+    p.add_argument("--network-model", default="overhead", choices=["overhead", "refine"],
+                   help="with --networks --cv and --db/--lut: what is fitted on the folds on top of the block "
+                        "predictor (see `hwnas fit --help`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the tree ensembles")
     p.add_argument("--plot", help="write a predicted-vs-measured scatter (PNG) here")
     p.add_argument("--rows", action="store_true", help="with --json: include every row's prediction")
@@ -155,7 +162,7 @@ def _clean(v: Any) -> Any:
 def cmd_fit(args) -> int:
     from predictor import fit_predictor, save_predictor
     from predictor.io import read_networks
-    from predictor.network import fit_networks, fit_overhead
+    from predictor.network import fit_networks, fit_overhead, fit_refined
     from predictor.regression import MIN_ROWS
 
     if not (args.db or args.lut or args.networks):
@@ -174,7 +181,12 @@ def cmd_fit(args) -> int:
             raise UserError(f"{args.networks}: no such file")
         nets, y = _user(read_networks, args.networks)
         meta = dict(meta, networks_source=args.networks)
-        pred = _user(fit_overhead, pred, nets, y) if pred is not None else _user(fit_networks, nets, y, meta=meta)
+        if pred is None:
+            pred = _user(fit_networks, nets, y, meta=meta)
+        elif args.network_model == "refine":
+            pred = _user(fit_refined, pred, nets, y, seed=args.seed)
+        else:
+            pred = _user(fit_overhead, pred, nets, y)
     meta = dict(pred.meta, model=args.model, fitted_by="hwnas fit")
     pred.meta = meta
     if hasattr(pred, "regression"):
@@ -235,7 +247,7 @@ def _evaluate_networks(args):
                             f"least {MIN_ROWS}")
         model = "hybrid" if args.model == "auto" else args.model
         base = _user(fit_predictor, entries, model, 5, args.seed, meta)
-    return _user(cross_validate_networks, nets, y, _folds(args.cv), args.seed, base)
+    return _user(cross_validate_networks, nets, y, _folds(args.cv), args.seed, base, args.network_model)
 
 
 def cmd_evaluate(args) -> int:
