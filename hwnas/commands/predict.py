@@ -82,7 +82,14 @@ def register(sub) -> None:
                       help="any torch nn.Module: package.module:factory, a callable returning it (the current "
                            "folder is searched too); decomposed into blocks through torch.export, and parts "
                            "that match no block kind are listed")
-    p.add_argument("--image-size", type=int, default=224, help="with --model: input height and width (pixels)")
+    what.add_argument("--ofa-net", metavar="NET_CONFIG",
+                      help="a Once-for-All net.config (MobileNetV3 or ProxylessNASNets); its input size is "
+                           "--image-size, since OFA keeps it in run.config")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="with --model or --ofa-net: input height and width (pixels)")
+    p.add_argument("--save-arch", metavar="FILE",
+                   help="with --ofa-net: also write the network as an arch.json (ArchSpec), which "
+                        "`hwnas verify --arch` measures on a device")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
 
@@ -318,15 +325,22 @@ def cmd_predict(args) -> int:
     from profiler.blocks import ArchSpec, BlockSpec
 
     pred = _load(args.predictor)
-    if args.arch:
-        if not Path(args.arch).exists():
-            raise UserError(f"{args.arch}: no such file")
-        arch = ArchSpec.from_json(Path(args.arch).read_text(encoding="utf-8"))
+    if args.arch or args.ofa_net:
+        if args.ofa_net:
+            from predictor.ofa_net import read_ofa_net
+
+            arch = _user(read_ofa_net, args.ofa_net, args.image_size)
+            if args.save_arch:
+                Path(args.save_arch).write_text(arch.to_json(), encoding="utf-8")
+        else:
+            if not Path(args.arch).exists():
+                raise UserError(f"{args.arch}: no such file")
+            arch = ArchSpec.from_json(Path(args.arch).read_text(encoding="utf-8"))
         blocks = list(arch.blocks)
         per = _user(pred.predict_ms, blocks)
         total = float(per.sum() + pred.overhead_ms)
         out = {"latency_ms": total, "blocks_ms": float(per.sum()), "overhead_ms": pred.overhead_ms,
-               "arch": args.arch, "predictor": args.predictor}
+               "arch": args.arch or args.ofa_net, "predictor": args.predictor, "blocks": arch.keys}
         if args.json:
             print(json.dumps(out, indent=2))
         else:
