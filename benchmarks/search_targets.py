@@ -120,7 +120,7 @@ def _run_cfg(args, root: Path, backend: str, name: str, target: float | None):
     from hwnas.pipeline import RunConfig
 
     return RunConfig(out=str(root / name), device="local", backend=backend, space=SPACE, data=DATA,
-                     target_ms=target, loss="ratio" if target else "add", db=str(root / "store.db"),
+                     target_ms=target, loss=args.loss if target else "add", weight=args.weight, db=str(root / "store.db"),
                      cache_dir=str(root / "cache"), search_epochs=args.search_epochs,
                      warmup_epochs=args.warmup_epochs, train_epochs=args.train_epochs, baseline=list(args.baseline),
                      seed=args.seed, quick=args.smoke, limit=800 if args.smoke else None)
@@ -405,7 +405,7 @@ def bench(args) -> dict[str, Any]:
                    + (" --fresh" if args.fresh else ""),
         "config": {"space": SPACE, "data": DATA, "search_epochs": args.search_epochs,
                    "warmup_epochs": args.warmup_epochs, "train_epochs": args.train_epochs, "seed": args.seed,
-                   "loss": "ratio", "beta": probe.beta, "arch_lr": probe.arch_lr, "arch_every": probe.arch_every,
+                   "loss": args.loss, "weight": args.weight, "lat_temperature": probe.lat_temperature, "beta": probe.beta, "arch_lr": probe.arch_lr, "arch_every": probe.arch_every,
                    "timing_threads": 1, "smoke": args.smoke, "widths": args.widths, "baseline": args.baseline, "target_ladder": ladder,
                    "target_rule": "T = fastest x (fastest uniform / fastest)^s for s in the ladder (predicted ms)", "equal_accuracy_tolerance": ACC_TOL,
                    "pipeline": "hwnas.pipeline.run (hwnas run), one folder per search, shared store and cache"},
@@ -514,6 +514,10 @@ def main() -> int:
                     help="uniform networks to train and time (the kernel-7 ones are far slower under XNNPACK "
                          "here; their predicted latency is recorded either way)")
     ap.add_argument("--widths", default=WIDTHS, help="width multipliers of the uniform k3e6 family (1 is k3e6)")
+    ap.add_argument("--loss", default="abs", choices=["ratio", "ceiling", "hinge", "abs", "mul"],
+                    help="the searches' latency loss (hwnas run --loss; abs is its default); the 2026-11-25 run "
+                         "used ratio with --arch-lr 0.01 and no sharpening")
+    ap.add_argument("--weight", type=float, default=1.0, help="weight of the hinge and abs losses (unitless)")
     ap.add_argument("--ladder", default="0.5,1,1.5",
                     help="targets T = fastest x (fastest uniform / fastest)^s for each s (predicted ms of the "
                          "space's fastest network and of its fastest uniform network): 1 is the fastest uniform "

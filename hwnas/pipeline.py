@@ -52,6 +52,7 @@ class RunConfig:
     space: str = "tiny-mnist"
     data: str = "mnist5k"
     target_ms: float | None = None  # latency target of the search (ms, whole network)
+    target_speedup: float | None = None  # or: the fastest --baseline network's predicted latency / this (x)
     db: str = "data/hwnas.db"  # the measurement store, shared by runs and devices
     threads: int = 1  # runtime threads while timing (count)
     quick: bool = False  # the looser timing protocol (smoke runs only)
@@ -59,10 +60,12 @@ class RunConfig:
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps
-    loss: str = "ratio"  # ratio: CE * (LAT / T)^beta; mul: CE * (log LAT / log T)^beta; add: CE + lambda * LAT
+    loss: str = "abs"  # abs: CE + weight * |LAT / T - 1| (TuNAS), the target steers a short search; see search.latency
     lam: float = 0.1  # additive loss weight (1/ms)
     beta: float = 0.6  # multiplicative loss exponent
-    arch_lr: float = 0.01  # architecture learning rate (Adam)
+    weight: float = 1.0  # hinge / abs loss weight (per unit of LAT / T - 1)
+    lat_temperature: float = 0.25  # E[LAT] of the loss under softmax(alpha / t): near the argmax network's
+    arch_lr: float = 0.05  # architecture learning rate (Adam); a few hundred steps must move the logits
     arch_every: int = 1  # weight steps per architecture step (ProxylessNAS: 5, over 100+ epochs)
     search_lr: float = 0.05  # initial weight learning rate of the supernet (SGD, cosine to 0)
     train_epochs: int = 4  # epochs to train each network from scratch (found and baseline)
@@ -97,8 +100,19 @@ class RunConfig:
                                + (f"; {path} is not a file" if path else ""))
         if self.target_ms is not None and not self.target_ms > 0:
             raise RunError(f"--target-ms {self.target_ms:g}: give a positive latency in ms")
-        if self.loss in ("mul", "ratio", "ceiling") and self.target_ms is None:
-            raise RunError(f"the {self.loss} latency loss needs --target-ms (ms); or use --loss add")
+        if self.target_speedup is not None:
+            if self.target_ms is not None:
+                raise RunError("give --target-ms or --target-speedup, not both")
+            if not self.target_speedup > 0:
+                raise RunError(f"--target-speedup {self.target_speedup:g}: give a positive factor (1.2: 1.2x faster)")
+            if not self.baseline:
+                raise RunError("--target-speedup is relative to the fastest --baseline network; name a baseline")
+        if (self.loss in ("mul", "ratio", "ceiling", "hinge", "abs") and self.target_ms is None
+                and self.target_speedup is None):
+            raise RunError(f"the {self.loss} latency loss needs --target-ms (ms) or --target-speedup (x); "
+                           "or use --loss add")
+        if not self.lat_temperature > 0:
+            raise RunError("--lat-temperature must be positive")
         for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every"):
             if getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1")
@@ -501,17 +515,19 @@ def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     cfg = run.cfg
     pred = _load_pred(run)
     overhead = float(getattr(pred, "overhead_ms", 0.0))
+    target_ms, uniform = resolve_target(cfg, pred)
     # the search's latency table sums blocks; the network's own overhead is a constant of every
     # network, so the search aims at the target minus that constant
-    target = None if cfg.target_ms is None else cfg.target_ms - overhead
+    target = None if target_ms is None else target_ms - overhead
     if target is not None and target <= 0:
-        raise RunError(f"--target-ms {cfg.target_ms:g} is below the per-network overhead alone "
+        raise RunError(f"--target-ms {target_ms:g} is below the per-network overhead alone "
                        f"({overhead:.3g} ms measured); raise it")
     out = run.dir / "search"
     scfg = SearchConfig(space=cfg.space, data=cfg.data, out=str(out), epochs=cfg.search_epochs,
                         warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
                         arch_every=cfg.arch_every, lr=cfg.search_lr,
-                        loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, target_ms=target, seed=cfg.seed,
+                        loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, weight=cfg.weight,
+                        lat_temperature=cfg.lat_temperature, target_ms=target, seed=cfg.seed,
                         limit=cfg.limit, predictor=str(run.dir / PREDICTOR_FILE), threads=_train_threads(cfg))
     try:
         res = run_search(scfg, pred, resume=(out / CHECKPOINT).exists(), progress=progress)
@@ -523,11 +539,30 @@ def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     (out / "arch.json").write_text(arch.to_json())
     r = {"arch": str(out / "arch.json"), "choices": arch.meta["choices"], "blocks": arch.keys,
          "predicted_ms": float(predicted), "block_sum_ms": arch.meta["predicted_ms"], "overhead_ms": overhead,
-         "search_target_ms": target, "target_ms": cfg.target_ms, "log": res.log,
+         "search_target_ms": target, "target_ms": target_ms, "target_speedup": cfg.target_speedup,
+         "uniform_predicted_ms": uniform, "log": res.log,
          "resumed_from_epoch": res.resumed_from,
          "probabilities": arch.meta.get("probabilities"), "test_acc_supernet": arch.meta.get("test_acc_supernet"),
          "fastest_ms": arch.meta["fastest_ms"] + overhead, "slowest_ms": arch.meta["slowest_ms"] + overhead}
-    return r, f"found {arch.meta['choices']}: predicted {predicted:.4g} ms (target {cfg.target_ms} ms)"
+    how = "" if cfg.target_speedup is None else f": fastest uniform / {cfg.target_speedup:g}"
+    return r, f"found {arch.meta['choices']}: predicted {predicted:.4g} ms (target {target_ms:.4g} ms{how})"
+
+
+def resolve_target(cfg: RunConfig, pred) -> tuple[float | None, dict[str, float]]:
+    """The network's latency target (ms): --target-ms, or the fastest --baseline network's predicted
+    latency divided by --target-speedup; with the baseline's predicted latencies (ms)."""
+    from profiler.spaces import load_space
+
+    space = load_space(cfg.space)
+    try:
+        uniform = {op: float(pred.predict_network_ms(space.arch(uniform_choices(space, op)))) for op in cfg.baseline}
+    except RunError:
+        if cfg.target_speedup is not None:
+            raise
+        uniform = {}  # the baseline stage says what is wrong with it
+    if cfg.target_speedup is None:
+        return cfg.target_ms, uniform
+    return min(uniform.values()) / cfg.target_speedup, uniform
 
 
 def _arch(run: Run):
@@ -573,11 +608,13 @@ def stage_measure(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
         raise RunError(f"the found network could not be measured on {cfg.device} with {cfg.backend}: {why}")
     m = got[arch.key]
     predicted = run.result("search")["predicted_ms"]
+    target = run.result("search").get("target_ms", cfg.target_ms)
     err = (predicted - m["median_ms"]) / m["median_ms"]
     r = {"key": arch.key, "measured_ms": m["median_ms"], "p10_ms": m["p10_ms"], "p90_ms": m["p90_ms"],
          "n": m["n"], "flags": m["flags"], "predicted_ms": predicted, "error": err,
          "within_10pct": abs(err) <= 0.10,
-         "meets_target": None if cfg.target_ms is None else bool(m["median_ms"] <= cfg.target_ms)}
+         "target_ms": target,
+         "meets_target": None if target is None else bool(m["median_ms"] <= target)}
     return r, f"measured {m['median_ms']:.4g} ms against {predicted:.4g} ms predicted ({100 * err:+.1f}%)"
 
 

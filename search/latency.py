@@ -21,7 +21,7 @@ from profiler.spaces import SearchSpace
 
 __all__ = ["LatencyPredictor", "LatencyTable", "latency_loss", "StoredMedians", "SearchError", "LOSSES"]
 
-LOSSES = ("add", "mul", "ratio", "ceiling")
+LOSSES = ("add", "mul", "ratio", "ceiling", "hinge", "abs")
 
 
 class SearchError(ValueError):
@@ -99,7 +99,7 @@ class LatencyTable:
 
 
 def latency_loss(ce: torch.Tensor, lat_ms: torch.Tensor, kind: str = "add", lam: float = 0.1,
-                 target_ms: float | None = None, beta: float = 0.3) -> torch.Tensor:
+                 target_ms: float | None = None, beta: float = 0.3, weight: float = 1.0) -> torch.Tensor:
     """The search loss from the cross-entropy ``ce`` and the (expected) latency ``lat_ms``.
 
     - ``"add"``: ``CE + lam * LAT`` (ProxylessNAS eq. in section 3.3; ``lam`` in 1/ms).
@@ -112,7 +112,14 @@ def latency_loss(ce: torch.Tensor, lat_ms: torch.Tensor, kind: str = "add", lam:
     - ``"ceiling"``: ``CE * max(1, LAT / T)^beta``: MnasNet's hard constraint. Above T the same
       pressure as ``"ratio"``; at or below T none, so the search trades latency for accuracy up to T.
 
-    Why ``"ceiling"`` exists: in ``"mul"`` and ``"ratio"`` the target only multiplies the loss by a
+    - ``"hinge"``: ``CE + weight * max(0, LAT / T - 1)``: additive, so the latency gradient does not
+      shrink with CE as training converges, and the target sets how strong it is relative to CE's
+      (``weight / T`` per ms); none at or below T. ``weight`` is unitless: loss per 100 % over T.
+    - ``"abs"``: ``CE + weight * |LAT / T - 1|``: TuNAS's absolute reward (Bender et al., CVPR 2020)
+      as a loss: below T the latency term pulls the other way, so the search spends the budget it
+      is given instead of stopping wherever CE leaves it.
+
+    Why ``"ceiling"``, ``"hinge"`` and ``"abs"`` exist: in ``"mul"`` and ``"ratio"`` the target only multiplies the loss by a
     constant (``T^-beta``, ``(log T)^-beta``), and Adam, the architecture optimiser, is invariant to a
     constant scale of its gradients: those searches find the same network for every T
     (benchmarks/search_targets.py measured it). A loss whose shape changes at T makes T bind.
@@ -132,6 +139,11 @@ def latency_loss(ce: torch.Tensor, lat_ms: torch.Tensor, kind: str = "add", lam:
         if target_ms is None or target_ms <= 0:
             raise SearchError("the ceiling loss needs a positive --target-ms")
         return ce * torch.clamp(lat_ms / target_ms, min=1.0) ** beta
+    if kind in ("hinge", "abs"):
+        if target_ms is None or target_ms <= 0:
+            raise SearchError(f"the {kind} loss needs a positive --target-ms")
+        rel = lat_ms / target_ms - 1.0
+        return ce + weight * (torch.clamp(rel, min=0.0) if kind == "hinge" else torch.abs(rel))
     raise SearchError(f"unknown latency loss {kind!r}; known: {', '.join(LOSSES)}")
 
 

@@ -156,9 +156,12 @@ class Supernet(nn.Module):
         ids = {id(a) for a in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in ids]
 
-    def probs(self) -> list[torch.Tensor]:
-        """Per searchable layer, the candidate probabilities (differentiable)."""
-        return [m.probs for m in self.mixed]
+    def probs(self, temperature: float = 1.0) -> list[torch.Tensor]:
+        """Per searchable layer, the candidate probabilities (differentiable); with ``temperature``
+        below 1, ``softmax(alpha / temperature)``: sharpened toward the argmax network."""
+        if temperature == 1.0:
+            return [m.probs for m in self.mixed]
+        return [torch.softmax(m.alpha / temperature, 0) for m in self.mixed]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

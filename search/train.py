@@ -63,6 +63,8 @@ class SearchConfig:
     loss: str = "add"  # add | mul
     lam: float = 0.1  # additive loss weight, 1/ms
     beta: float = 0.3  # multiplicative loss exponent
+    weight: float = 1.0  # hinge / abs losses: loss per 100 % of latency over (or off) the target, unitless
+    lat_temperature: float = 1.0  # the latency term's E[LAT] under softmax(alpha / t); < 1: nearer the argmax network
     target_ms: float | None = None
     seed: int = 0
     augment: str = "auto"
@@ -79,12 +81,14 @@ class SearchConfig:
             raise SearchError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
         if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise SearchError("need epochs >= 1 and 0 <= warmup epochs <= epochs")
+        if not self.lat_temperature > 0:
+            raise SearchError("--lat-temperature must be positive (1: ProxylessNAS's expected latency)")
         if self.batch_size < 1 or self.arch_every < 1:
             raise SearchError("batch size and --arch-every must be at least 1")
         if self.loss == "mul" and (self.target_ms is None or self.target_ms <= 1.0):
             raise SearchError("the multiplicative loss needs --target-ms above 1 ms (log T must be positive); "
                               "use --loss ratio for faster targets")
-        if self.loss in ("ratio", "ceiling") and (self.target_ms is None or self.target_ms <= 0):
+        if self.loss in ("ratio", "ceiling", "hinge", "abs") and (self.target_ms is None or self.target_ms <= 0):
             raise SearchError(f"the {self.loss} loss needs a positive --target-ms")
         if self.loss not in LOSSES:
             raise SearchError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
@@ -196,7 +200,8 @@ def _load_checkpoint(path: Path, cfg: SearchConfig) -> dict[str, Any]:
         raise SearchError(f"{path}: not a search checkpoint of this version; delete it to start again")
     old, new = ck["config"], cfg.to_dict()
     for k in new:
-        if k not in SearchConfig._RESUMABLE and old.get(k) != new[k]:
+        # an option added after the checkpoint was written counts as its default
+        if k not in SearchConfig._RESUMABLE and old.get(k, getattr(SearchConfig, k, None)) != new[k]:
             raise SearchError(f"{path} was written with {k}={old.get(k)!r}, not {new[k]!r}; "
                               "resume with the same options or choose another --out")
     return ck
@@ -358,12 +363,14 @@ def _run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool,
         choices = net.argmax_choices()
         with torch.no_grad():
             exp_ms = float(table.expected_ms(net.probs()))
+            loss_ms = float(table.expected_ms(net.probs(cfg.lat_temperature)))
         with _calibrated_bn(net, choices, _loader(data.train, cfg.batch_size, True, cfg.seed + 2, epoch, d, True), d):
             test_acc = _accuracy(net, data.test, cfg.batch_size, d)
         row = {"epoch": epoch, "phase": "warm-up" if warm else "search",
                "train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
                "test_acc": round(test_acc, 5),
                "expected_ms": round(exp_ms, 5), "argmax_ms": round(table.arch_ms(choices), 5),
+               "loss_expected_ms": round(loss_ms, 5),
                "arch_steps": int(sums["arch_steps"]),
                "arch_loss": round(sums["arch_loss"] / sums["arch_steps"], 5) if sums["arch_steps"] else None,
                "lr": round(sched.get_last_lr()[0], 6), "choices": choices,
@@ -424,7 +431,7 @@ def _arch_step(net: Supernet, cfg: SearchConfig, table: LatencyTable, opt: torch
                 choices = net.sample_paths(gen)
                 ce = F.cross_entropy(net(x), y)
                 lat = torch.tensor(table.arch_ms(choices))
-                loss = float(latency_loss(ce, lat, cfg.loss, cfg.lam, cfg.target_ms, cfg.beta))
+                loss = float(latency_loss(ce, lat, cfg.loss, cfg.lam, cfg.target_ms, cfg.beta, cfg.weight))
             (loss,) = _allreduce_sum([loss], d)
             loss /= d.world
             reward = -loss
@@ -438,7 +445,8 @@ def _arch_step(net: Supernet, cfg: SearchConfig, table: LatencyTable, opt: torch
         if cfg.mode == "binary":
             net.sample_pairs(gen)
         ce = F.cross_entropy(net(x), y)
-        loss_t = latency_loss(ce, table.expected_ms(net.probs()), cfg.loss, cfg.lam, cfg.target_ms, cfg.beta)
+        lat = table.expected_ms(net.probs(cfg.lat_temperature))
+        loss_t = latency_loss(ce, lat, cfg.loss, cfg.lam, cfg.target_ms, cfg.beta, cfg.weight)
         loss_t.backward()
         _allreduce_mean([a.grad for a in alphas if a.grad is not None], d)
         if cfg.mode == "binary":

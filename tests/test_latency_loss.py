@@ -46,3 +46,22 @@ def test_ratio_target_is_only_a_constant_scale_but_ceiling_binds():
     assert g1 / g2 == pytest.approx((0.8 / 0.4) ** 0.6)  # a constant: the same Adam steps
     assert grad("ceiling", 0.8) == 0.0 and grad("ceiling", 0.4) == pytest.approx(g1)
     assert float(latency_loss(ce, torch.tensor(0.5), "ceiling", target_ms=0.8)) == pytest.approx(1.3)
+
+
+def test_hinge_and_abs_set_the_balance_of_latency_and_ce_by_the_target():
+    """Additive forms: the latency gradient is weight / T per ms whatever CE is, so a lower target
+    weighs latency more against CE (what Adam sees); hinge stops at T, abs pulls up from below."""
+    def grads(kind, target, lat_ms=0.5):
+        ce = torch.tensor(1.3, requires_grad=True)
+        lat = torch.tensor(lat_ms, requires_grad=True)
+        latency_loss(ce, lat, kind, target_ms=target, weight=2.0).backward()
+        return float(ce.grad), float(lat.grad)
+
+    (c1, l1), (c2, l2) = grads("hinge", 0.25), grads("hinge", 0.4)
+    assert c1 == c2 == 1.0 and l1 == pytest.approx(2.0 / 0.25) and l2 == pytest.approx(2.0 / 0.4)
+    assert grads("hinge", 0.8)[1] == 0.0  # at or below T: no latency pressure
+    assert grads("abs", 0.8)[1] == pytest.approx(-2.0 / 0.8)  # below T: pulled towards it
+    assert float(latency_loss(torch.tensor(1.0), torch.tensor(0.6), "hinge", target_ms=0.4, weight=2.0)) \
+        == pytest.approx(1.0 + 2.0 * 0.5)
+    with pytest.raises(SearchError, match="positive --target-ms"):
+        latency_loss(torch.tensor(1.0), torch.tensor(0.6), "abs", target_ms=None)

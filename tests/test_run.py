@@ -49,6 +49,9 @@ def test_config_file_is_read_safely_and_checked(tmp_path):
     (["run", "--out", "{tmp}/r", "--target-ms", "2", "--baseline", "k3"], "kKeE"),
     (["run", "--out", "{tmp}/r", "--target-ms", "2", "--device", "phone"], "unknown device"),
     (["run", "--config", "{tmp}/missing.yaml"], "no such config file"),
+    (["run", "--out", "{tmp}/r", "--target-ms", "2", "--target-speedup", "1.2"], "not both"),
+    (["run", "--out", "{tmp}/r", "--target-speedup", "0"], "give a positive factor"),
+    (["run", "--out", "{tmp}/r", "--loss", "abs"], "needs --target-ms (ms) or --target-speedup"),
     (["report", "{tmp}"], "not a run folder"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
@@ -69,7 +72,7 @@ def _cfg(tmp_path: Path, **kw) -> RunConfig:
 
 @pytest.mark.slow
 def test_run_resumes_by_stage_and_writes_a_report(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, loss="abs", target_speedup=1.1)
     run(cfg, until="predictor")
     state = json.loads((Path(cfg.out) / "stages.json").read_text())
     assert list(state) == ["profile", "calibrate", "predictor"]
@@ -90,6 +93,10 @@ def test_run_resumes_by_stage_and_writes_a_report(tmp_path):
     assert set(s["stage_seconds"]) == set(STAGES)
     assert [b["op"] for b in s["baseline"]] == ["k3e3"]
     run_dir = Path(cfg.out)
+    search = json.loads((run_dir / "search.json").read_text())
+    # the target is relative to the uniform network's predicted latency on this machine
+    assert s["target_ms"] == pytest.approx(search["uniform_predicted_ms"]["k3e3"] / 1.1)
+    assert search["target_ms"] == s["target_ms"] and s["meets_target"] == (s["measured_ms"] <= s["target_ms"])
     for png in ("block_latency_heatmap", "predictor_blocks", "networks_pred_vs_measured", "search_curves",
                 "search_probabilities", "found_arch", "accuracy_vs_latency"):
         assert (run_dir / "plots" / f"{png}.png").stat().st_size > 1000, png

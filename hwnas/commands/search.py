@@ -41,13 +41,19 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["binary", "reinforce", "all"], default="binary",
                    help="binary: ProxylessNAS binarised paths; reinforce: score-function gradient; "
                         "all: every path runs (DARTS; the memory baseline)")
-    p.add_argument("--loss", choices=["add", "mul", "ratio", "ceiling"], default="add",
+    p.add_argument("--loss", choices=["add", "mul", "ratio", "ceiling", "hinge", "abs"], default="add",
                    help="add: CE + lambda * E[LAT]; mul: CE * (log E[LAT] / log T)^beta (T > 1 ms); "
                         "ratio: CE * (E[LAT] / T)^beta (any T); ceiling: CE * max(1, E[LAT] / T)^beta, no "
-                        "pressure below T (with Adam only ceiling makes T change the result: mul and ratio "
-                        "scale the loss by a constant)")
+                        "pressure below T; hinge: CE + weight * max(0, E[LAT] / T - 1); abs: CE + weight * "
+                        "|E[LAT] / T - 1| (TuNAS: spends the budget). With Adam, mul and ratio only scale the "
+                        "loss by a constant, so T does not change their result")
     p.add_argument("--lambda", dest="lam", type=float, default=0.1, help="weight of E[LAT] in the additive loss (1/ms)")
+    p.add_argument("--weight", type=float, default=1.0,
+                   help="weight of the hinge and abs losses: loss per unit of E[LAT] / T - 1 (unitless)")
     p.add_argument("--beta", type=float, default=0.3, help="exponent of the multiplicative loss")
+    p.add_argument("--lat-temperature", type=float, default=1.0,
+                   help="the latency term uses E[LAT] under softmax(alpha / t): 1 is ProxylessNAS's; below 1 "
+                        "it is nearer the latency of the argmax network the search returns (unitless)")
     p.add_argument("--target-ms", type=float, help="latency target T (ms): the T of --loss mul; with either loss, a T below the fastest "
                         "network the space can make is refused before training")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, splits, sampling and augmentation")
@@ -188,7 +194,8 @@ def cmd_search(args) -> int:
     cfg = SearchConfig(space=args.space, data=args.data, out=args.out, epochs=args.epochs,
                        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
                        arch_lr=args.arch_lr, arch_every=args.arch_every, mode=args.mode, loss=args.loss,
-                       lam=args.lam, beta=args.beta, target_ms=args.target_ms, seed=args.seed, augment=args.augment,
+                       lam=args.lam, beta=args.beta, weight=args.weight, lat_temperature=args.lat_temperature,
+                       target_ms=args.target_ms, seed=args.seed, augment=args.augment,
                        limit=args.limit, predictor=desc, threads=args.threads)
     with _RichProgress(args.json) as prog:
         res = _user(run_search, cfg, pred, resume=args.resume, progress=prog)
