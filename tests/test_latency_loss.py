@@ -65,3 +65,24 @@ def test_hinge_and_abs_set_the_balance_of_latency_and_ce_by_the_target():
         == pytest.approx(1.0 + 2.0 * 0.5)
     with pytest.raises(SearchError, match="positive --target-ms"):
         latency_loss(torch.tensor(1.0), torch.tensor(0.6), "abs", target_ms=None)
+
+
+def test_sharpened_expected_latency_approaches_the_argmax_network():
+    """E[LAT] under softmax(alpha / t): t = 1 is ProxylessNAS's; as t falls it tends to the latency of
+    the argmax network, which is what the search returns (a tail of slow candidates no longer counts)."""
+    import numpy as np
+
+    from search.latency import LatencyTable
+    from search.train import SearchConfig
+
+    table = LatencyTable((np.array([0.1, 0.2, 2.0]), np.array([0.05, 1.0])), fixed_ms=0.3)
+    alphas = [torch.tensor([1.0, 0.2, 0.0]), torch.tensor([0.5, 0.0])]
+
+    def expected(t):
+        return float(table.expected_ms([torch.softmax(a / t, 0) for a in alphas]))
+
+    argmax_ms = table.arch_ms([0, 0])
+    e1, e025, e005 = expected(1.0), expected(0.25), expected(0.05)
+    assert e1 > e025 > e005 > argmax_ms and e005 == pytest.approx(argmax_ms, rel=0.01)
+    with pytest.raises(SearchError, match="lat-temperature"):
+        SearchConfig(space="tiny-mnist", data="digits", out="x", lat_temperature=0).check()
