@@ -1,6 +1,6 @@
 """Wall time of the main job (`hwnas run`) from nothing: an empty store and an empty compile cache.
 
-    .venv/bin/python benchmarks/run_pipeline.py [--backend executorch] [--target-ms 0.6] [--out DIR]
+    .venv/bin/python benchmarks/run_pipeline.py [--backend executorch] [--target-speedup 1.2 | --target-ms MS] [--out DIR]
 
 Runs the real command in a fresh temporary folder (store, compile cache and run folder inside it),
 prints a table of the stage wall times and the found network's numbers, and writes them with the
@@ -36,7 +36,9 @@ def machine() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="executorch", help="executorch, tvm or torch")
-    ap.add_argument("--target-ms", type=float, default=0.6, help="latency target of the search (ms)")
+    ap.add_argument("--target-ms", type=float, help="latency target of the search (ms); default: --target-speedup")
+    ap.add_argument("--target-speedup", type=float, default=1.2,
+                    help="target = the fastest uniform baseline network's predicted latency / this (x), as `make demo`")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of the result JSON")
     args = ap.parse_args()
     info = machine()
@@ -44,7 +46,8 @@ def main() -> int:
         env = dict(os.environ, HWNAS_CACHE_DIR=str(Path(tmp) / "cache"))
         run_dir = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "hwnas.cli", "run", "--device", "local", "--backend", args.backend,
-               "--target-ms", str(args.target_ms), "--data", "mnist5k", "--db", str(Path(tmp) / "store.db"),
+               *(["--target-ms", str(args.target_ms)] if args.target_ms else ["--target-speedup", str(args.target_speedup)]),
+               "--data", "mnist5k", "--db", str(Path(tmp) / "store.db"),
                "--out", str(run_dir), "--json"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

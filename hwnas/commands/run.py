@@ -60,7 +60,8 @@ def register(sub) -> None:
                     + ", ".join(STAGES) + ". Each stage's result is kept in --out; run the same command "
                     "again after a kill and it resumes at the stage it was in. The options are saved in "
                     "OUT/config.yaml: `hwnas run --config OUT/config.yaml` repeats the run exactly.",
-        epilog="example:\n  hwnas run --device local --backend executorch --target-ms 3 --data mnist5k --out runs/host")
+        epilog="examples:\n  hwnas run --device local --backend executorch --target-speedup 1.2 --data mnist5k --out runs/host"
+               "\n  hwnas run --device local --backend tvm --target-ms 3 --data mnist5k --out runs/host-tvm")
     p.add_argument("--out", help="run folder (required, here or in --config)")
     p.add_argument("--config", help="a YAML file of options (any long option, e.g. `target_ms: 3`); "
                                     "options given on the command line win")
