@@ -545,7 +545,8 @@ def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
          "probabilities": arch.meta.get("probabilities"), "test_acc_supernet": arch.meta.get("test_acc_supernet"),
          "fastest_ms": arch.meta["fastest_ms"] + overhead, "slowest_ms": arch.meta["slowest_ms"] + overhead}
     how = "" if cfg.target_speedup is None else f": fastest uniform / {cfg.target_speedup:g}"
-    return r, f"found {arch.meta['choices']}: predicted {predicted:.4g} ms (target {target_ms:.4g} ms{how})"
+    tgt = "no target" if target_ms is None else f"target {target_ms:.4g} ms{how}"
+    return r, f"found {arch.meta['choices']}: predicted {predicted:.4g} ms ({tgt})"
 
 
 def resolve_target(cfg: RunConfig, pred) -> tuple[float | None, dict[str, float]]:
