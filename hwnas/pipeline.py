@@ -608,8 +608,8 @@ def stage_measure(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
         why = _failures(cfg, [arch.key], "network").get(arch.key, "no row stored")
         raise RunError(f"the found network could not be measured on {cfg.device} with {cfg.backend}: {why}")
     m = got[arch.key]
-    predicted = run.result("search")["predicted_ms"]
-    target = run.result("search").get("target_ms", cfg.target_ms)
+    search = run.result("search")
+    predicted, target = search["predicted_ms"], search.get("target_ms", cfg.target_ms)
     err = (predicted - m["median_ms"]) / m["median_ms"]
     r = {"key": arch.key, "measured_ms": m["median_ms"], "p10_ms": m["p10_ms"], "p90_ms": m["p90_ms"],
          "n": m["n"], "flags": m["flags"], "predicted_ms": predicted, "error": err,

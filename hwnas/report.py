@@ -243,6 +243,11 @@ def plot_pareto(measure: dict[str, Any] | None, train: dict[str, Any] | None, ba
 
 # ---- summary and HTML ------------------------------------------------------------------------------
 
+def _target_ms(cfg: dict[str, Any], search: dict[str, Any] | None) -> float | None:
+    """The network's target (ms): the search stage's (resolved from --target-speedup), else --target-ms."""
+    return (search or {}).get("target_ms", cfg.get("target_ms"))
+
+
 def summary(run: Path) -> dict[str, Any]:
     import yaml
 
@@ -252,7 +257,7 @@ def summary(run: Path) -> dict[str, Any]:
     pred, base = _load(run, "predictor"), _load(run, "baseline")
     s: dict[str, Any] = {
         "run": str(run), "device": cfg.get("device"), "backend": cfg.get("backend"), "space": cfg.get("space"),
-        "data": cfg.get("data"), "target_ms": (search or {}).get("target_ms", cfg.get("target_ms")),
+        "data": cfg.get("data"), "target_ms": _target_ms(cfg, search),
         "target_speedup": cfg.get("target_speedup"),
         "predicted_ms": measure["predicted_ms"] if measure else (search or {}).get("predicted_ms"),
         "measured_ms": measure["measured_ms"] if measure else None,
@@ -335,7 +340,7 @@ def write_report(run: str | Path) -> dict[str, Path]:
         labels = [[_op_label(c) for c in space.layers[i].candidates] for i in space.searchable]
         curves, probs = plot_search(search, plots / "search_curves.png", plots / "search_probabilities.png", labels)
     arch = plot_arch(search["blocks"], plots / "found_arch.png", "found network") if search else None
-    target_ms = (search or {}).get("target_ms", cfg.get("target_ms"))
+    target_ms = _target_ms(cfg, search)
     pareto = plot_pareto(measure, train, base, target_ms, plots / "accuracy_vs_latency.png")
     s = summary(run)
     (run / "summary.json").write_text(json.dumps(s, indent=2))

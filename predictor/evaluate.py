@@ -187,10 +187,8 @@ def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[
         PredictorError: fewer than 3 networks, bad folds. UnknownBlockError: ``base`` is a table that
             lacks a block of a network.
     """
-    from predictor.network import NETWORK_MODELS, fit_networks, fit_overhead, fit_refined
+    from predictor.network import fit_network_model
 
-    if network_model not in NETWORK_MODELS:
-        raise PredictorError(f"unknown network model {network_model!r}; known: {', '.join(NETWORK_MODELS)}")
     nets, y, mf = _network_inputs(nets, y_ms, 3)
     try:
         splits = fold_indices(len(y), folds, seed)
@@ -201,12 +199,7 @@ def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[
     pred, bl = np.empty(len(y)), np.empty(len(y))
     for tr, te in splits:
         train = [nets[i] for i in tr]
-        if base is None:
-            m = fit_networks(train, y[tr])
-        elif network_model == "refine":
-            m = fit_refined(base, train, y[tr], seed=seed)
-        else:
-            m = fit_overhead(base, train, y[tr])
+        m = fit_network_model(base, train, y[tr], network_model, seed)
         pred[te] = [m.predict_network_ms(nets[i]) for i in te]
         slope, icpt = _fit_flops(mf[tr], y[tr])
         bl[te] = slope * mf[te] + icpt

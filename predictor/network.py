@@ -38,7 +38,7 @@ from predictor.lut import Entry, HybridPredictor, LookupTable
 from predictor.regression import _LINEAR_COLUMNS, RegressionPredictor
 from profiler.blocks import BlockSpec, unique
 
-__all__ = ["NETWORK_MODELS", "fit_networks", "fit_overhead", "fit_refined"]
+__all__ = ["NETWORK_MODELS", "fit_network_model", "fit_networks", "fit_overhead", "fit_refined"]
 
 #: how a block predictor is combined with whole-network measurements (`hwnas fit --network-model`)
 NETWORK_MODELS = ("overhead", "refine")
@@ -143,6 +143,19 @@ def fit_refined(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequ
     return HybridPredictor(lut, regression, overhead_ms=overhead, meta=meta)
 
 
+def fit_network_model(base: Predictor | None, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float],
+                      model: str = "overhead", seed: int = 0, meta: dict[str, Any] | None = None) -> Predictor:
+    """The network-level model of `NETWORK_MODELS` on top of ``base``; without ``base``, per-block
+    costs learned from the networks alone (`fit_networks`, with ``meta``)."""
+    if model not in NETWORK_MODELS:
+        raise PredictorError(f"unknown network model {model!r}; known: {', '.join(NETWORK_MODELS)}")
+    if base is None:
+        return fit_networks(nets, y_ms, meta=meta)
+    if model == "refine":
+        return fit_refined(base, nets, y_ms, seed=seed)
+    return fit_overhead(base, nets, y_ms)
+
+
 def fit_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float], ridge: float = 1e-5,
                  meta: dict[str, Any] | None = None) -> HybridPredictor:
     """Learn per-block costs and a per-network overhead from whole-network latencies (ms).
@@ -153,15 +166,9 @@ def fit_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float], rid
     from scipy.optimize import lsq_linear
 
     y = _check(nets, y_ms)
-    nets = [[b for b in n if b.kind != "zero"] for n in nets]  # the zero op costs 0 ms by definition
-    if any(not n for n in nets):
+    blocks, a = _occurrences(nets)  # the zero op costs 0 ms by definition: not a column
+    if not np.all(a.sum(axis=1) > 0):
         raise PredictorError("a network row holds only zero ops; it has no block to learn a cost from")
-    blocks = unique(b for n in nets for b in n)
-    col = {b: j for j, b in enumerate(blocks)}
-    a = np.zeros((len(nets), len(blocks)))
-    for i, n in enumerate(nets):
-        for b in n:
-            a[i, col[b]] += 1
     cols = [FEATURE_NAMES.index(c) for c in _LINEAR_COLUMNS]
     phi = np.column_stack([features(blocks)[:, cols], np.ones(len(blocks))])
 

@@ -159,8 +159,6 @@ class Supernet(nn.Module):
     def probs(self, temperature: float = 1.0) -> list[torch.Tensor]:
         """Per searchable layer, the candidate probabilities (differentiable); with ``temperature``
         below 1, ``softmax(alpha / temperature)``: sharpened toward the argmax network."""
-        if temperature == 1.0:
-            return [m.probs for m in self.mixed]
         return [torch.softmax(m.alpha / temperature, 0) for m in self.mixed]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
 
 def register(sub) -> None:
     from predictor._fit import MODELS
+    from predictor.network import NETWORK_MODELS
 
     p = sub.add_parser("fit", help="fit a latency predictor to measured blocks or networks", formatter_class=HELP_FMT,
                        description="Fit a latency predictor (ms) and save it as one JSON file. From a store or a "
@@ -35,7 +36,7 @@ def register(sub) -> None:
                    help="hybrid: table + CV-chosen regression; lut: exact keys only; regression: CV-chosen "
                         "family only; or one family")
     p.add_argument("--folds", default="5", help="cross-validation folds for choosing the family (count, or loo)")
-    p.add_argument("--network-model", default="overhead", choices=["overhead", "refine"],
+    p.add_argument("--network-model", default="overhead", choices=NETWORK_MODELS,
                    help="with --networks and --db/--lut: overhead fits one per-network constant (ms) on top of "
                         "the block predictor; refine also learns a factor per block (its cost inside networks "
                         "against alone), shrunk toward 1 by a ridge chosen by 5-fold CV on the networks")
@@ -64,7 +65,7 @@ def register(sub) -> None:
     p.add_argument("--cv", help="cross-validate fresh models instead: a fold count (e.g. 5) or loo")
     p.add_argument("--model", default="auto", help="with --cv: auto (chosen per fold) or one family "
                                                    "(linear, loglinear, gbt, forest)")
-    p.add_argument("--network-model", default="overhead", choices=["overhead", "refine"],
+    p.add_argument("--network-model", default="overhead", choices=NETWORK_MODELS,
                    help="with --networks --cv and --db/--lut: what is fitted on the folds on top of the block "
                         "predictor (see `hwnas fit --help`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the tree ensembles")
@@ -169,7 +170,7 @@ def _clean(v: Any) -> Any:
 def cmd_fit(args) -> int:
     from predictor import fit_predictor, save_predictor
     from predictor.io import read_networks
-    from predictor.network import fit_networks, fit_overhead, fit_refined
+    from predictor.network import fit_network_model
     from predictor.regression import MIN_ROWS
 
     if not (args.db or args.lut or args.networks):
@@ -188,12 +189,7 @@ def cmd_fit(args) -> int:
             raise UserError(f"{args.networks}: no such file")
         nets, y = _user(read_networks, args.networks)
         meta = dict(meta, networks_source=args.networks)
-        if pred is None:
-            pred = _user(fit_networks, nets, y, meta=meta)
-        elif args.network_model == "refine":
-            pred = _user(fit_refined, pred, nets, y, seed=args.seed)
-        else:
-            pred = _user(fit_overhead, pred, nets, y)
+        pred = _user(fit_network_model, pred, nets, y, args.network_model, args.seed, meta)
     meta = dict(pred.meta, model=args.model, fitted_by="hwnas fit")
     pred.meta = meta
     if hasattr(pred, "regression"):
