@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from typing import Any
@@ -172,6 +173,16 @@ def _peak(threads: int) -> dict[str, Any]:
     return {"gflops": 2 * n**3 / best / 1e9, "method": f"torch.matmul fp32 {n}x{n}, best of 15"}
 
 
+def crash_reason(exitcode: int | None, msg: dict[str, Any]) -> str:
+    """Why the worker died, from its exit code and the request it was serving, in one line."""
+    if exitcode == -signal.SIGILL:
+        target = (msg.get("artifact") or {}).get("target", "?")
+        return ("the timing worker died of an illegal instruction (SIGILL): the compiled code uses instructions "
+                f"this CPU lacks; target {target}")
+    how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    return f"the timing worker died ({how})"
+
+
 class WorkerFailed(RuntimeError):
     def __init__(self, stage: str, error: str):
         super().__init__(error)
@@ -210,9 +221,8 @@ class TimingWorker:
             self._proc.join(5)
             code = self._proc.exitcode
             self._kill()
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             where = f"; its output is in {self.log_path}" if self.log_path else ""
-            raise WorkerFailed("crash", f"the timing worker died ({how}){where}") from None
+            raise WorkerFailed("crash", crash_reason(code, msg) + where) from None
         if not res.get("ok"):
             raise WorkerFailed(res.get("stage", "run"), res.get("error", "unknown error"))
         return res

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.backends.base import Artifact, Backend, BackendUnavailable, CompileError, Model, Runner
+from profiler.cpu_features import CpuFlags, kernel_cpu_flags, llvm_features_lacking
 
 #: cross targets a user can name with --cross; LLVM target dicts (TVM 0.27 refuses option strings)
 CROSS_TARGETS = {
@@ -34,8 +35,10 @@ class TVMBackend(Backend):
         if device == "local:cuda":
             if not tvm.cuda(0).exist:
                 raise BackendUnavailable("tvm: no CUDA device is visible to TVM on this machine")
-            return _canonical(tvm.target.Target.from_device(tvm.cuda(0)))
-        return _canonical(tvm.target.Target.from_device(tvm.cpu()))
+            cfg = json.loads(str(tvm.target.Target.from_device(tvm.cuda(0))))
+            cfg["host"] = host_cpu_target()  # the library's CPU side runs on this host: its features too
+            return json.dumps(cfg, sort_keys=True)
+        return json.dumps(host_cpu_target(), sort_keys=True)
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version
@@ -85,9 +88,35 @@ class TVMBackend(Backend):
                                      "--tune-trials 0")
 
 
-def _canonical(tgt) -> str:
-    # str(Target) is its JSON config in TVM 0.27; sorted keys make it a stable cache key
-    return json.dumps(json.loads(str(tgt)), sort_keys=True)
+def host_cpu_target(cpu: CpuFlags | None = None) -> dict[str, Any]:
+    """The LLVM target for code that runs on this host's CPU, limited to the features it offers.
+
+    LLVM names the CPU after its silicon (``znver4``), whose features a VM may mask (no AVX-512):
+    every instruction-set feature the name implies but the kernel's flags lack is switched off in
+    ``mattr`` (``-avx512f`` also drops the AVX-512 extensions built on it). The target, removals
+    included, is the compile-cache key and the stored row's configuration, so code built on one
+    machine is never reused on a machine that lacks its instructions. `cpu` defaults to this
+    host's ``/proc/cpuinfo``; where the kernel reports no flags the CPU name is used unchecked,
+    and the target says so in its keys.
+    """
+    import tvm
+    from tvm.target import codegen
+
+    cfg = json.loads(str(tvm.target.Target.from_device(tvm.cpu())))
+    cpu = cpu if cpu is not None else kernel_cpu_flags()
+    if cpu is None:
+        cfg["keys"] = ["cpu", "features-unchecked"]
+        return cfg
+    implied = codegen.llvm_get_cpu_features(tvm.target.Target(cfg))
+    lacking = llvm_features_lacking(implied, cpu)
+    if lacking:
+        cfg["mattr"] = [f"-{f}" for f in lacking]
+        left = llvm_features_lacking(codegen.llvm_get_cpu_features(tvm.target.Target(cfg)), cpu)
+        if left:  # LLVM kept something on (a dependency the table does not know): refuse to guess
+            raise BackendUnavailable(f"tvm: cannot build for this CPU: LLVM's {cfg.get('mcpu')!r} keeps "
+                                     f"{', '.join(left)} on, which {cpu.source} does not list")
+    # str(Target) is its JSON config in TVM 0.27 (defaults filled in): the same text on every call
+    return json.loads(str(tvm.target.Target(cfg)))
 
 
 def _gpu_default_schedule(mod, tgt):
