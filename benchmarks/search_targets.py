@@ -128,13 +128,14 @@ def _run_cfg(args, root: Path, backend: str, name: str, target: float | None):
 
 def _uniform_predictions(cfg) -> dict[str, Any]:
     """The fitted predictor of a run folder: predicted ms of every uniform network and the space's range."""
-    from hwnas.pipeline import Run, _load_pred, uniform_choices
+    from hwnas.pipeline import _load_pred
+    from hwnas.rundir import Run
     from profiler.spaces import load_space
     from search.latency import LatencyTable
 
-    pred = _load_pred(Run(cfg))
+    pred = _load_pred(Run(cfg.out))
     space = load_space(SPACE)
-    uni = {op: pred.predict_network_ms(space.arch(uniform_choices(space, op))) for op in UNIFORM_OPS}
+    uni = {op: pred.predict_network_ms(space.arch(space.uniform_choices(op))) for op in UNIFORM_OPS}
     table = LatencyTable.build(space, pred)
     return {"uniform_predicted_ms": uni, "space_fastest_ms": table.min_ms() + pred.overhead_ms,
             "space_slowest_ms": table.max_ms() + pred.overhead_ms, "predictor": pred.describe(),
@@ -151,9 +152,9 @@ def _targets(rng: dict[str, Any], ladder: list[float]) -> list[float]:
 
 def _found(cfg) -> dict[str, Any]:
     """What a run folder says about its found network."""
-    from hwnas.pipeline import Run
+    from hwnas.rundir import Run
 
-    r = Run(cfg)
+    r = Run(cfg.out)
     s, m, t = r.result("search"), r.result("measure"), r.result("train")
     st = r.state()
     tgt = cfg.target_ms
@@ -208,7 +209,6 @@ def _width_space(root: Path, w: float) -> Path:
 
 
 def _width_family(args, root: Path) -> list[dict[str, Any]]:
-    from hwnas.pipeline import uniform_choices
     from profiler.spaces import load_space
     from search.train import train_arch
 
@@ -219,7 +219,7 @@ def _width_family(args, root: Path) -> list[dict[str, Any]]:
             out.append(json.loads(done.read_text()))
             continue
         space = load_space(str(_width_space(root, w)))
-        arch = space.arch(uniform_choices(space, "k3e6"), f"{SPACE}-uniform-k3e6-w{w:g}")
+        arch = space.arch(space.uniform_choices("k3e6"), f"{SPACE}-uniform-k3e6-w{w:g}")
         log(f"width x{w:g}: training {args.train_epochs} epochs, then timing on executorch")
         tr = train_arch(arch, DATA, root / "width" / f"k3e6-w{w:g}", epochs=args.train_epochs, batch_size=64,
                         seed=args.seed, limit=800 if args.smoke else None, threads=len(os.sched_getaffinity(0)), progress=_Progress(f"w{w:g}"))
@@ -292,7 +292,8 @@ def _plot(res: dict[str, Any], path: Path) -> None:
 # ---- the benchmark ---------------------------------------------------------------------------
 
 def bench(args) -> dict[str, Any]:
-    from hwnas.pipeline import Run, _load_pred, run
+    from hwnas.pipeline import _load_pred, run
+    from hwnas.rundir import Run
     from search.export import export_network, read_arch
 
     root = Path(args.work)
@@ -358,7 +359,7 @@ def bench(args) -> dict[str, Any]:
         bad = {k: v["error"] for k, v in exports[b].items() if "error" in v}
         if bad:
             raise SystemExit(f"export of the {b}-searched network failed: {bad}")
-    preds = {b: _load_pred(Run(c)) for b, c in pair.items()}
+    preds = {b: _load_pred(Run(c.out)) for b, c in pair.items()}
     grid: dict[str, dict[str, Any]] = {}
     for on in ("executorch", "tvm"):
         got = _measure(root, on, list(archs.values()))
@@ -382,7 +383,7 @@ def bench(args) -> dict[str, Any]:
 
     # -- 3. quality: the uniform families -----------------------------------------------------------
     t0 = time.perf_counter()
-    base = Run(et_runs[args.pair]).result("baseline")["members"]
+    base = Run(et_runs[args.pair].out).result("baseline")["members"]
     ops = [{"op": b["op"], "key": b["key"], "test_acc": b["test_acc"], "measured_ms": b["measured_ms"],
             "predicted_ms": b["predicted_ms"]} for b in base if b.get("measured_ms")]
     widths = _width_family(args, root)

@@ -21,7 +21,7 @@ options on the same folder is refused (one line), so a folder always holds one e
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -30,12 +30,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["RunConfig", "RunError", "STAGES", "run", "load_config", "uniform_choices"]
+from hwnas.rundir import ARCH_FILE, PREDICTOR_FILE, STAGES, Run, write_json
 
-#: the fitted latency model (the stage results are <stage>.json)
-PREDICTOR_FILE = "latency-predictor.json"
-
-STAGES = ("profile", "calibrate", "predictor", "search", "train", "export", "measure", "baseline", "report")
+__all__ = ["RunConfig", "RunError", "STAGES", "run", "load_config"]
 
 
 class RunError(ValueError):
@@ -118,8 +115,23 @@ class RunConfig:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1")
         if self.calibrate < 0 or self.warmup_epochs < 0 or self.warmup_epochs >= self.search_epochs:
             raise RunError("need --calibrate >= 0 and 0 <= --warmup-epochs < --search-epochs")
-        for b in self.baseline:
-            _parse_op(b)
+        for name in ("target_ms", "target_speedup", "lam", "beta", "weight", "lat_temperature", "arch_lr", "search_lr"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise RunError(f"--{name.replace('_', '-')} {v!r}: give a finite number")
+        from profiler.spaces import SpaceError, load_space
+
+        try:
+            space = load_space(self.space)
+            for b in self.baseline:
+                space.uniform_choices(b)
+        except SpaceError as e:
+            raise RunError(str(e)) from None
+        from search.data import NAMED
+
+        if self.data not in NAMED and not Path(self.data).is_dir():
+            raise RunError(f"--data {self.data}: neither a named data set ({', '.join(NAMED)}) nor a folder of "
+                           "class folders of images")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,27 +158,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return d
 
 
-# ---- run folder bookkeeping ------------------------------------------------------------------------
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
-    os.replace(tmp, path)
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON: {type(o).__name__}")
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
+# ---- progress ------------------------------------------------------------------------------------
 
 class Progress:
     """Callbacks of a run (the CLI draws them); all optional. Stage bars reuse the profiler's and
@@ -191,85 +183,7 @@ class Progress:
     def message(self, text: str) -> None: ...
 
 
-class Run:
-    """One run folder: its config, its stages' results and wall times."""
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self.dir = Path(cfg.out)
-        self.state_path = self.dir / "stages.json"
-
-    # -- config ------------------------------------------------------------------------------------
-    def open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        saved = self.dir / "config.yaml"
-        mine = self.cfg.to_dict()
-        if saved.exists():
-            import yaml
-
-            old = yaml.safe_load(saved.read_text()) or {}
-            diff = sorted(k for k in mine if k not in RunConfig.RESUMABLE and k in old and old[k] != mine[k])
-            if diff:
-                shown = ", ".join(f"{k} {old[k]!r} -> {mine[k]!r}" for k in diff)
-                raise RunError(f"{self.dir} holds a run with other options ({shown}); choose another --out, "
-                               f"or repeat it with --config {saved}")
-        import yaml
-
-        tmp = saved.with_name(".config.yaml.tmp")
-        tmp.write_text("# the options of this run; repeat it with: hwnas run --config " + str(saved) + "\n"
-                       + yaml.safe_dump(mine, sort_keys=False))
-        os.replace(tmp, saved)
-
-    # -- stage state -------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        return _read_json(self.state_path) if self.state_path.exists() else {}
-
-    def done(self, stage: str) -> bool:
-        return self.state().get(stage, {}).get("status") == "done" and (self.dir / f"{stage}.json").exists()
-
-    def result(self, stage: str) -> dict[str, Any]:
-        return _read_json(self.dir / f"{stage}.json")
-
-    def finish(self, stage: str, result: dict[str, Any], seconds: float) -> None:
-        _write_json(self.dir / f"{stage}.json", result)
-        st = self.state()
-        st[stage] = {"status": "done", "seconds": round(seconds, 2),
-                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_json(self.state_path, st)
-
-    def invalidate(self, stage: str) -> None:
-        """Forget a stage and every later one (their inputs change)."""
-        st = self.state()
-        for s in STAGES[STAGES.index(stage):]:
-            st.pop(s, None)
-        _write_json(self.state_path, st)
-
-
 # ---- helpers ---------------------------------------------------------------------------------------
-
-def _parse_op(text: str) -> tuple[int, int]:
-    """``k3e6`` -> (kernel 3, expand 6)."""
-    import re
-
-    m = re.fullmatch(r"k(\d+)e(\d+)", text.strip())
-    if not m:
-        raise RunError(f"baseline member {text!r}: write kernel and expand ratio as kKeE, e.g. k3e6")
-    return int(m[1]), int(m[2])
-
-
-def uniform_choices(space, op: str) -> list[int]:
-    """The choices that put the same MBConv (kernel, expand ratio) in every searchable layer."""
-    k, e = _parse_op(op)
-    out = []
-    for i in space.searchable:
-        layer = space.layers[i]
-        idx = [j for j, c in enumerate(layer.candidates)
-               if c.kind == "mbconv" and c.kernel == k and c.mid_c == c.in_c * e]
-        if not idx:
-            raise RunError(f"baseline member {op}: layer {i} of {space.name!r} has no kernel {k} expand {e} candidate")
-        out.append(idx[0])
-    return out
-
 
 def _protocol(cfg: RunConfig):
     from profiler.measurement import TimingProtocol
@@ -315,12 +229,14 @@ def _train_threads(cfg: RunConfig) -> int:
 
 
 # ---- stages ----------------------------------------------------------------------------------------
+#
+# Each stage is ``stage_x(run, cfg, progress) -> (result, one-line summary)``; the result is saved as
+# ``<stage>.json`` in the run folder by `run`, and later stages read it back with ``run.result(...)``.
 
-def stage_profile(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_profile(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
     from profiler.devices import env_snapshot, local_info, parse_device
     from profiler.spaces import load_space
 
-    cfg = run.cfg
     space = load_space(cfg.space)
     blocks = space.blocks()
     res = _profile(cfg, blocks, progress)
@@ -345,96 +261,31 @@ def stage_profile(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     return out, f"{len(ok)}/{len(keys)} blocks measured ({len(res.measured)} now, {res.skipped} from the store)"
 
 
-def _calibration_archs(cfg: RunConfig, space) -> list[tuple[list[int], Any]]:
-    """Random networks to time end to end: half drawn uniformly, half drawn towards each layer's
-    fast candidates (p ~ 1 / measured ms^2), since a latency-constrained search lands at the fast
-    end of the space and the network model must hold there too."""
-    ok = _measured(cfg, [b.key for b in space.blocks()], "block")
-    rng = np.random.default_rng(cfg.seed + 1)
-    probs = []
-    for i in space.searchable:
-        cands = space.layers[i].candidates
-        ms = np.array([ok[c.key]["median_ms"] if c.key in ok else np.nan for c in cands])
-        floor = np.nanmin(ms) / 2 if np.isfinite(ms).any() else 1.0
-        ms = np.where([c.kind == "zero" for c in cands], floor, np.where(np.isfinite(ms), ms, np.nanmax(ms)))
-        w = 1.0 / ms ** 2
-        probs.append(w / w.sum())
-    archs, seen = [], set()
-    tries = 0
-    while len(archs) < cfg.calibrate and tries < 50 * max(cfg.calibrate, 1):
-        tries += 1
-        fast = len(archs) % 2 == 1
-        choices = [int(rng.choice(len(p), p=p)) if fast else int(rng.integers(len(p))) for p in probs]
-        a = space.arch(choices, f"{space.name}-random")
-        if a.key not in seen:
-            seen.add(a.key)
-            archs.append((choices, a))
-    return archs
+def _baseline_archs(cfg: RunConfig, space) -> dict[str, Any]:
+    """The uniform family (--baseline): op -> ArchSpec."""
+    return {op: space.arch(space.uniform_choices(op), f"{space.name}-uniform-{op}") for op in cfg.baseline}
 
 
-def stage_calibrate(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_calibrate(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
     from profiler.spaces import load_space
 
-    cfg = run.cfg
-    archs = _calibration_archs(cfg, load_space(cfg.space))
+    space = load_space(cfg.space)
+    block_ms = {k: v["median_ms"] for k, v in _measured(cfg, [b.key for b in space.blocks()], "block").items()}
+    # spread over the space's latency range, so the network model is fitted where a search may land;
+    # the uniform baselines are left out: they check the model on networks it was not fitted on
+    exclude = [a.key for a in _baseline_archs(cfg, space).values()]
+    archs = space.spanning_archs(block_ms, cfg.calibrate, seed=cfg.seed + 1, exclude=exclude)
     if archs:
         _profile(cfg, [a for _, a in archs], progress)
     got = _measured(cfg, [a.key for _, a in archs], "network")
     nets = [{"choices": c, "key": a.key, "blocks": a.keys, "measured_ms": got[a.key]["median_ms"]}
             for c, a in archs if a.key in got]
     failed = _failures(cfg, [a.key for _, a in archs if a.key not in got], "network")
+    span = (f" ({min(n['measured_ms'] for n in nets):.4g}-{max(n['measured_ms'] for n in nets):.4g} ms)"
+            if nets else "")
     return ({"networks": nets, "failed": failed},
-            f"{len(nets)} random networks timed end to end" + (f", {len(failed)} failed" if failed else ""))
-
-
-class NetworkCalibrated:
-    """A block predictor seen through the network model fitted by the calibrate stage:
-    in-network block cost = ``scale`` x the isolated block's; network = block sum + ``overhead_ms``.
-
-    ``scale`` is 1 with the constant-overhead model. Implements the predictor interface the search
-    and the report use (``predict_ms``, ``predict_network_ms``).
-    """
-
-    def __init__(self, base, scale: float = 1.0):
-        self.base, self.scale = base, float(scale)
-        self.overhead_ms = float(getattr(base, "overhead_ms", 0.0))
-        self.meta = getattr(base, "meta", {})
-
-    def predict_ms(self, blocks) -> np.ndarray:
-        return self.scale * np.asarray(self.base.predict_ms(blocks), dtype=float)
-
-    def predict_network_ms(self, arch) -> float:
-        blocks = arch.blocks if hasattr(arch, "blocks") else list(arch)
-        return float(np.sum(self.predict_ms(blocks)) + self.overhead_ms)
-
-    def describe(self) -> str:
-        d = self.base.describe()
-        return d if self.scale == 1.0 else f"{d}; in-network scale {self.scale:.3f}"
-
-
-def _network_models(sums: np.ndarray, meas: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Two network models of (block sum -> measured ms), each scored by leave-one-out:
-    ``offset``: y = x + c; ``linear``: y = a x + c (needs 4+ networks)."""
-    def fit(kind, x, y):
-        if kind == "offset":
-            return 1.0, float(np.mean(y - x))
-        a, c = np.polyfit(x, y, 1)
-        return float(a), float(c)
-
-    out = {}
-    n = len(sums)
-    for kind in ("offset", "linear"):
-        if kind == "linear" and n < 4:
-            continue
-        loo = np.array([np.nan] * n)
-        if n > 1:
-            for i in range(n):
-                keep = np.arange(n) != i
-                a, c = fit(kind, sums[keep], meas[keep])
-                loo[i] = a * sums[i] + c
-        a, c = fit(kind, sums, meas)
-        out[kind] = {"scale": a, "offset_ms": c, "predicted_loo_ms": loo}
-    return out
+            f"{len(nets)} networks spanning the space timed end to end{span}"
+            + (f", {len(failed)} failed" if failed else ""))
 
 
 def _block_entries(cfg: RunConfig):
@@ -446,52 +297,39 @@ def _block_entries(cfg: RunConfig):
     return {k: v for k, v in entries.items() if k in keys}, meta
 
 
-def stage_predictor(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
-    from predictor import cross_validate, fit_predictor, save_predictor
-    from predictor._metrics import metrics
-    from predictor.evaluate import plot
-    from predictor.network import fit_overhead
+def _fit(cfg: RunConfig, entries, meta, networks: list[dict[str, Any]]):
+    """The block predictor and, with timed networks, the network model chosen on them."""
+    from predictor import fit_predictor
+    from predictor.network import choose_network_model
     from profiler.blocks import BlockSpec
 
-    cfg = run.cfg
+    pred = fit_predictor(entries, model=cfg.predictor, seed=cfg.seed, meta=meta)
+    if not networks:
+        return pred, None
+    nets = [[BlockSpec.from_key(k) for k in n["blocks"]] for n in networks]
+    return choose_network_model(pred, nets, [n["measured_ms"] for n in networks])
+
+
+def stage_predictor(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+    from predictor import cross_validate, save_predictor
+    from predictor.evaluate import plot
+    from profiler.blocks import BlockSpec
+
     progress.message("fitting the latency predictor")
     entries, meta = _block_entries(cfg)
     meta = dict(meta, space=cfg.space)
-    pred = fit_predictor(entries, model=cfg.predictor, seed=cfg.seed, meta=meta)
     blocks = [BlockSpec.from_key(k) for k in entries]
     y = np.array([e.mean_ms for e in entries.values()])
-    plots = run.dir / "plots"
     block_eval = None
     if len(blocks) >= 4:  # leave-one-out of the regression on the blocks: how well unmeasured blocks are guessed
         ev = cross_validate(blocks, y, folds="loo", seed=cfg.seed)
-        plot(ev, plots / "predictor_blocks.png", title=f"blocks, leave-one-out ({cfg.backend}, {cfg.device})")
+        plot(ev, run.dir / "plots" / "predictor_blocks.png",
+             title=f"blocks, leave-one-out ({cfg.backend}, {cfg.device})")
         block_eval = ev.to_dict()
-    cal = run.result("calibrate")["networks"]
-    net_eval: dict[str, Any] = {}
-    if cal:
-        nets = [[BlockSpec.from_key(k) for k in n["blocks"]] for n in cal]
-        meas = np.array([n["measured_ms"] for n in cal])
-        sums = np.array([float(np.sum(pred.predict_ms(b))) for b in nets])
-        models = _network_models(sums, meas)
-        for m in models.values():
-            m["metrics_loo"] = metrics(meas, m["predicted_loo_ms"]) if len(cal) > 1 else None
-        # the model with the lower leave-one-out error; the simpler one on a tie or with few networks
-        kind = "offset"
-        if "linear" in models and models["linear"]["metrics_loo"]["mape"] < 0.9 * models["offset"]["metrics_loo"]["mape"]:
-            kind = "linear"
-        chosen = models[kind]
-        pred = fit_overhead(pred, nets, meas)
-        pred.overhead_ms = chosen["offset_ms"]
-        pred.meta = dict(pred.meta, network_model=kind, network_scale=chosen["scale"])
-        net_eval = {"n": len(cal), "model": kind, "scale": chosen["scale"], "overhead_ms": chosen["offset_ms"],
-                    "block_sum_ms": sums.tolist(), "measured_ms": meas.tolist(),
-                    "predicted_loo_ms": chosen["predicted_loo_ms"].tolist(),
-                    "metrics_block_sum": metrics(meas, sums), "metrics_loo": chosen["metrics_loo"],
-                    "candidates": {k: {"scale": v["scale"], "offset_ms": v["offset_ms"], "metrics_loo": v["metrics_loo"]}
-                                   for k, v in models.items()}}
-    path = save_predictor(pred, run.dir / PREDICTOR_FILE)
-    out = {"path": str(path), "model": NetworkCalibrated(pred, pred.meta.get("network_scale", 1.0)).describe(),
-           "rows": len(entries), "overhead_ms": pred.overhead_ms,
+    pred, net_fit = _fit(cfg, entries, meta, run.result("calibrate")["networks"])
+    path = save_predictor(pred, run.path(PREDICTOR_FILE))
+    net_eval = net_fit.to_dict() if net_fit else {}
+    out = {"path": str(path), "model": _describe(pred), "rows": len(entries), "overhead_ms": pred.overhead_ms,
            "blocks_loo": block_eval, "networks": net_eval, "meta": meta}
     s = f"{pred.describe()} on {len(entries)} blocks"
     if block_eval:
@@ -502,19 +340,22 @@ def stage_predictor(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     return out, s
 
 
-def _load_pred(run: Run) -> NetworkCalibrated:
+def _describe(pred) -> str:
+    d = pred.describe()
+    return d if pred.network_scale == 1.0 else f"{d}; in-network scale {pred.network_scale:.3f}"
+
+
+def _load_pred(run: Run):
     from predictor import load_predictor
 
-    base = load_predictor(run.dir / PREDICTOR_FILE)
-    return NetworkCalibrated(base, float(base.meta.get("network_scale", 1.0)))
+    return load_predictor(run.path(PREDICTOR_FILE))
 
 
-def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
     from search.train import CHECKPOINT, SearchConfig, run_search
 
-    cfg = run.cfg
     pred = _load_pred(run)
-    overhead = float(getattr(pred, "overhead_ms", 0.0))
+    overhead = float(pred.overhead_ms)
     target_ms, uniform = resolve_target(cfg, pred)
     # the search's latency table sums blocks; the network's own overhead is a constant of every
     # network, so the search aims at the target minus that constant
@@ -522,22 +363,20 @@ def stage_search(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     if target is not None and target <= 0:
         raise RunError(f"--target-ms {target_ms:g} is below the per-network overhead alone "
                        f"({overhead:.3g} ms measured); raise it")
-    out = run.dir / "search"
+    out = run.path(ARCH_FILE).parent
     scfg = SearchConfig(space=cfg.space, data=cfg.data, out=str(out), epochs=cfg.search_epochs,
                         warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
                         arch_every=cfg.arch_every, lr=cfg.search_lr,
                         loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, weight=cfg.weight,
                         lat_temperature=cfg.lat_temperature, target_ms=target, seed=cfg.seed,
-                        limit=cfg.limit, predictor=str(run.dir / PREDICTOR_FILE), threads=_train_threads(cfg))
+                        limit=cfg.limit, predictor=str(run.path(PREDICTOR_FILE)), threads=_train_threads(cfg))
     try:
         res = run_search(scfg, pred, resume=(out / CHECKPOINT).exists(), progress=progress)
     except ValueError as e:  # SearchError: one line
         raise RunError(str(e)) from None
-    arch = res.arch
+    arch = res.arch  # the search wrote it (with the network prediction) to ARCH_FILE
     predicted = pred.predict_network_ms(arch)
-    arch.meta["predicted_network_ms"] = round(float(predicted), 6)
-    (out / "arch.json").write_text(arch.to_json())
-    r = {"arch": str(out / "arch.json"), "choices": arch.meta["choices"], "blocks": arch.keys,
+    r = {"arch": str(run.path(ARCH_FILE)), "choices": arch.meta["choices"], "blocks": arch.keys,
          "predicted_ms": float(predicted), "block_sum_ms": arch.meta["predicted_ms"], "overhead_ms": overhead,
          "search_target_ms": target, "target_ms": target_ms, "target_speedup": cfg.target_speedup,
          "uniform_predicted_ms": uniform, "log": res.log,
@@ -554,13 +393,7 @@ def resolve_target(cfg: RunConfig, pred) -> tuple[float | None, dict[str, float]
     latency divided by --target-speedup; with the baseline's predicted latencies (ms)."""
     from profiler.spaces import load_space
 
-    space = load_space(cfg.space)
-    try:
-        uniform = {op: float(pred.predict_network_ms(space.arch(uniform_choices(space, op)))) for op in cfg.baseline}
-    except RunError:
-        if cfg.target_speedup is not None:
-            raise
-        uniform = {}  # the baseline stage says what is wrong with it
+    uniform = {op: float(pred.predict_network_ms(a)) for op, a in _baseline_archs(cfg, load_space(cfg.space)).items()}
     if cfg.target_speedup is None:
         return cfg.target_ms, uniform
     return min(uniform.values()) / cfg.target_speedup, uniform
@@ -569,7 +402,7 @@ def resolve_target(cfg: RunConfig, pred) -> tuple[float | None, dict[str, float]
 def _arch(run: Run):
     from search.export import read_arch
 
-    return read_arch(run.dir / "search" / "arch.json")
+    return read_arch(run.path(ARCH_FILE))
 
 
 def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> dict[str, Any]:
@@ -582,15 +415,15 @@ def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> dict[str, Any
         raise RunError(str(e)) from None
 
 
-def stage_train(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
-    r = _train(run.cfg, _arch(run), run.dir / "train", progress)
+def stage_train(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+    r = _train(cfg, _arch(run), run.dir / "train", progress)
     return r, f"test accuracy {r['test_acc']:.4f} after {r['epochs']} epochs"
 
 
-def stage_export(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_export(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
     from search.export import export_network
 
-    backends = [run.cfg.backend] if run.cfg.backend in ("executorch", "tvm") else []
+    backends = [cfg.backend] if cfg.backend in ("executorch", "tvm") else []
     r = export_network(_arch(run), run.dir / "train" / "weights.pt", run.dir / "export", backends)
     bad = {b: v["error"] for b, v in r.items() if "error" in v}
     if bad:
@@ -599,8 +432,17 @@ def stage_export(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     return {"exported": r}, paths
 
 
-def stage_measure(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
-    cfg = run.cfg
+def _calibrated_range(run: Run) -> tuple[float, float] | None:
+    """The measured latencies (ms) the network model was fitted on; None without timed networks."""
+    nw = (run.result("predictor") or {}).get("networks") or {}
+    return tuple(nw["range_ms"]) if nw.get("range_ms") else None
+
+
+def _in_range(ms: float, rng: tuple[float, float] | None) -> bool | None:
+    return None if rng is None else bool(rng[0] <= ms <= rng[1])
+
+
+def stage_measure(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
     arch = _arch(run)
     _profile(cfg, [arch], progress)
     got = _measured(cfg, [arch.key], "network")
@@ -611,51 +453,54 @@ def stage_measure(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
     search = run.result("search")
     predicted, target = search["predicted_ms"], search.get("target_ms", cfg.target_ms)
     err = (predicted - m["median_ms"]) / m["median_ms"]
+    rng = _calibrated_range(run)
     r = {"key": arch.key, "measured_ms": m["median_ms"], "p10_ms": m["p10_ms"], "p90_ms": m["p90_ms"],
          "n": m["n"], "flags": m["flags"], "predicted_ms": predicted, "error": err,
          "within_10pct": abs(err) <= 0.10,
+         "calibrated_range_ms": rng, "in_calibrated_range": _in_range(predicted, rng),
          "target_ms": target,
          "meets_target": None if target is None else bool(m["median_ms"] <= target)}
     return r, f"measured {m['median_ms']:.4g} ms against {predicted:.4g} ms predicted ({100 * err:+.1f}%)"
 
 
-def stage_baseline(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
     from profiler.spaces import load_space
 
-    cfg = run.cfg
-    space = load_space(cfg.space)
     pred = _load_pred(run)
+    rng = _calibrated_range(run)
     members = []
     part = run.dir / "baseline"
     part.mkdir(exist_ok=True)
-    for op in cfg.baseline:
+    for op, arch in _baseline_archs(cfg, load_space(cfg.space)).items():
         done = part / f"{op}.json"
         if done.exists():  # finished before a kill: keep it
-            members.append(_read_json(done))
+            from hwnas.rundir import read_json
+
+            members.append(read_json(done))
             continue
-        arch = space.arch(uniform_choices(space, op), f"{space.name}-uniform-{op}")
         progress.message(f"baseline {op}: training, then timing")
         tr = _train(cfg, arch, part / op, progress)
         _profile(cfg, [arch], progress)
         got = _measured(cfg, [arch.key], "network")
+        predicted = float(pred.predict_network_ms(arch))
         m = {"op": op, "key": arch.key, "blocks": arch.keys, "test_acc": tr["test_acc"],
-             "predicted_ms": float(pred.predict_network_ms(arch)),
+             "predicted_ms": predicted, "in_calibrated_range": _in_range(predicted, rng),
              "measured_ms": got[arch.key]["median_ms"] if arch.key in got else None,
              "error": None if arch.key in got else _failures(cfg, [arch.key], "network").get(arch.key, "not measured")}
-        _write_json(done, m)
+        write_json(done, m)
         members.append(m)
     ok = [m for m in members if m["measured_ms"] is not None]
     return {"members": members}, ", ".join(f"{m['op']} {m['measured_ms']:.3g} ms acc {m['test_acc']:.3f}" for m in ok)
 
 
-def stage_report(run: Run, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_report(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
     from hwnas.report import write_report
 
     paths = write_report(run.dir)
     return {k: str(v) for k, v in paths.items()}, str(paths["html"])
 
 
-STAGE_FUNCS: dict[str, Callable[[Run, Progress], tuple[dict[str, Any], str]]] = {
+STAGE_FUNCS: dict[str, Callable[[Run, RunConfig, Progress], tuple[dict[str, Any], str]]] = {
     "profile": stage_profile, "calibrate": stage_calibrate, "predictor": stage_predictor, "search": stage_search,
     "train": stage_train, "export": stage_export, "measure": stage_measure, "baseline": stage_baseline,
     "report": stage_report,
@@ -663,11 +508,18 @@ STAGE_FUNCS: dict[str, Callable[[Run, Progress], tuple[dict[str, Any], str]]] = 
 
 
 def run(cfg: RunConfig, progress: Progress | None = None, until: str | None = None) -> dict[str, Any]:
-    """Run (or resume) every stage up to ``until`` (default: all); return the summary."""
+    """Run (or resume) every stage up to ``until`` (default: all); return the summary.
+
+    Raises `RunError` (one line) for bad options, a folder holding another run, or a stage that
+    cannot go on; options are checked before anything is created.
+    """
     progress = progress or Progress()
     cfg.check()
-    r = Run(cfg)
-    r.open()
+    r = Run(cfg.out)
+    try:
+        r.open(cfg.to_dict(), RunConfig.RESUMABLE)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     last = STAGES.index(until) if until else len(STAGES) - 1
     for i, name in enumerate(STAGES[: last + 1]):
         # the report is cheap and reflects everything: always written again
@@ -676,14 +528,14 @@ def run(cfg: RunConfig, progress: Progress | None = None, until: str | None = No
         if skip:
             continue
         t0 = time.perf_counter()
-        result, summary = STAGE_FUNCS[name](r, progress)
+        result, summary = STAGE_FUNCS[name](r, cfg, progress)
         seconds = time.perf_counter() - t0
         r.finish(name, result, seconds)
         progress.stage_done(name, seconds, summary)
     if last == len(STAGES) - 1:
         from hwnas.report import summary
 
-        s = summary(r.dir)  # again, now that the report stage's own time is known
-        _write_json(r.dir / "summary.json", s)
+        s = summary(r.dir)  # after the report stage, so that its own wall time is in
+        r.write_summary(s)
         return s
     return {"stages": r.state()}

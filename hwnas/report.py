@@ -11,17 +11,19 @@ import base64
 import html
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hwnas.rundir import STAGES, Run
+
 __all__ = ["write_report", "summary"]
 
 
 def _load(run: Path, stage: str) -> dict[str, Any] | None:
-    p = run / f"{stage}.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    return Run(run).result(stage)
 
 
 def _fig(w: float, h: float):
@@ -249,10 +251,10 @@ def _target_ms(cfg: dict[str, Any], search: dict[str, Any] | None) -> float | No
 
 
 def summary(run: Path) -> dict[str, Any]:
-    import yaml
-
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-    stages = json.loads((run / "stages.json").read_text()) if (run / "stages.json").exists() else {}
+    """The run's headline numbers (what ``summary.json`` holds), from its folder."""
+    run = Path(run)
+    r = Run(run)
+    cfg, stages = r.options(), r.state()
     measure, train, search = _load(run, "measure"), _load(run, "train"), _load(run, "search")
     pred, base = _load(run, "predictor"), _load(run, "baseline")
     s: dict[str, Any] = {
@@ -320,96 +322,121 @@ def _pct(v: Any) -> str:
 
 
 def write_report(run: str | Path) -> dict[str, Path]:
-    """Write ``report.html``, ``summary.json`` and ``plots/*.png`` of a run folder; return their paths."""
-    import yaml
+    """Write ``report.html`` and ``plots/*.png`` of a run folder; return their paths.
 
-    run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise FileNotFoundError(f"{run}: not a run folder (no config.yaml); make one with `hwnas run --out {run}`")
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    plots = run / "plots"
-    prof, pred, search = _load(run, "profile"), _load(run, "predictor"), _load(run, "search")
-    train, measure, base = _load(run, "train"), _load(run, "measure"), _load(run, "baseline")
-    heat = plot_heatmap(run, cfg, plots / "block_latency_heatmap.png")
-    nets = plot_networks(pred, measure, base, plots / "networks_pred_vs_measured.png")
-    curves, probs = (None, None)
-    if search:
-        from profiler.spaces import load_space
-
-        space = load_space(cfg["space"])
-        labels = [[_op_label(c) for c in space.layers[i].candidates] for i in space.searchable]
-        curves, probs = plot_search(search, plots / "search_curves.png", plots / "search_probabilities.png", labels)
-    arch = plot_arch(search["blocks"], plots / "found_arch.png", "found network") if search else None
-    target_ms = _target_ms(cfg, search)
-    pareto = plot_pareto(measure, train, base, target_ms, plots / "accuracy_vs_latency.png")
-    s = summary(run)
-    (run / "summary.json").write_text(json.dumps(s, indent=2))
-
+    Raises `FileNotFoundError` where ``run`` is not a run folder. ``summary.json`` is the caller's
+    (`hwnas.pipeline.run` after the last stage, `hwnas report`): see `summary`.
+    """
+    folder = Path(run)
+    r = Run(folder)
+    if not r.is_run():
+        raise FileNotFoundError(f"{folder}: not a run folder (no config.yaml); make one with `hwnas run --out {folder}`")
+    ctx = _Context(folder, r.options(), {st: r.result(st) for st in STAGES if st != "report"}, folder / "plots")
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>hwnas run {e(run.name)}</title>"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>hwnas run {e(folder.name)}</title>"
              f"<style>{_CSS}</style></head><body>",
-             f"<h1>hwnas: a network specialised for {e(str(cfg['device']))} ({e(cfg['backend'])})</h1>",
-             f"<p class='muted'>run folder <code>{e(str(run))}</code>, report written "
-             f"{e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}; search space <code>{e(cfg['space'])}</code>, "
-             f"data <code>{e(str(cfg['data']))}</code>.</p>"]
-    # headline
-    if measure:
-        ok = measure["within_10pct"]
-        tgt = target_ms
-        met = measure.get("meets_target")
-        parts.append(
-            f"<p class='big'>Found network: measured <b>{_ms(measure['measured_ms'])}</b> "
-            f"(p10–p90 {measure['p10_ms']:.4g}–{measure['p90_ms']:.4g} ms), predicted {_ms(measure['predicted_ms'])}: "
-            f"<span class='{'ok' if ok else 'bad'}'>{100 * measure['error']:+.1f} %</span>"
-            + (f"; target {tgt:g} ms <span class='{'ok' if met else 'bad'}'>{'met' if met else 'missed'}</span>"
-               if tgt else "")
-            + (f"; test accuracy <b>{train['test_acc']:.4f}</b>" if train else "") + ".</p>")
-        if s.get("speedup_vs_uniform_at_equal_accuracy"):
-            sp = s["speedup_vs_uniform_at_equal_accuracy"]
-            parts.append(f"<p>Against the fastest uniform network at least as accurate ({e(sp['member'])}): "
-                         f"<b>{sp['ratio']:.2f}x</b> the speed.</p>")
-    else:
-        parts.append("<p class='bad'>The found network has not been measured yet (the run stopped earlier).</p>")
-    # stages
-    st = json.loads((run / "stages.json").read_text()) if (run / "stages.json").exists() else {}
-    from hwnas.pipeline import STAGES
+             f"<h1>hwnas: a network specialised for {e(str(ctx.cfg['device']))} ({e(ctx.cfg['backend'])})</h1>",
+             f"<p class='muted'>run folder <code>{e(str(folder))}</code>, report written "
+             f"{e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}; search space <code>{e(ctx.cfg['space'])}</code>, "
+             f"data <code>{e(str(ctx.cfg['data']))}</code>.</p>"]
+    for section in (_headline, _stages, _device, _profiling, _predictor, _search, _found, _comparison):
+        parts.extend(section(ctx, r))
+    parts.append("<p class='muted'>Every latency on this page is a measurement of this device or a prediction "
+                 "labelled as one; nothing is filled in for a missing measurement.</p></body></html>")
+    (folder / "report.html").write_text("\n".join(parts))
+    return {"html": folder / "report.html", "plots": ctx.plots}
 
-    parts.append("<h2>Stages</h2>" + _table(
+
+@dataclass
+class _Context:
+    """What every section of the report reads: the folder, its options and its stage results."""
+
+    run: Path
+    cfg: dict[str, Any]
+    res: dict[str, dict[str, Any] | None]
+    plots: Path
+
+    def __getattr__(self, stage: str) -> dict[str, Any] | None:  # ctx.measure, ctx.search, ...
+        res = self.__dict__.get("res", {})
+        if stage in res:
+            return res[stage]
+        raise AttributeError(stage)
+
+    @property
+    def target_ms(self) -> float | None:
+        return _target_ms(self.cfg, self.search)
+
+
+def _headline(ctx: _Context, r: Run) -> list[str]:
+    measure, train = ctx.measure, ctx.train
+    if not measure:
+        return ["<p class='bad'>The found network has not been measured yet (the run stopped earlier).</p>"]
+    ok, tgt, met = measure["within_10pct"], ctx.target_ms, measure.get("meets_target")
+    out = [f"<p class='big'>Found network: measured <b>{_ms(measure['measured_ms'])}</b> "
+           f"(p10–p90 {measure['p10_ms']:.4g}–{measure['p90_ms']:.4g} ms), predicted {_ms(measure['predicted_ms'])}: "
+           f"<span class='{'ok' if ok else 'bad'}'>{100 * measure['error']:+.1f} %</span>"
+           + (f"; target {tgt:g} ms <span class='{'ok' if met else 'bad'}'>{'met' if met else 'missed'}</span>"
+              if tgt else "")
+           + (f"; test accuracy <b>{train['test_acc']:.4f}</b>" if train else "") + ".</p>"]
+    if measure.get("in_calibrated_range") is False:
+        lo, hi = measure["calibrated_range_ms"]
+        out.append(f"<p class='bad'>The found network's prediction lies outside the latencies the network model "
+                   f"was fitted on ({lo:.4g}–{hi:.4g} ms): there it extrapolates.</p>")
+    sp = summary(ctx.run).get("speedup_vs_uniform_at_equal_accuracy")
+    if sp:
+        out.append(f"<p>Against the fastest uniform network at least as accurate ({html.escape(sp['member'])}): "
+                   f"<b>{sp['ratio']:.2f}x</b> the speed.</p>")
+    return out
+
+
+def _stages(ctx: _Context, r: Run) -> list[str]:
+    st = r.state()
+    return ["<h2>Stages</h2>" + _table(
         [[n, st[n]["status"], f"{st[n]['seconds']:.1f} s", st[n]["finished"]] if n in st else [n, "not run", "", ""]
-         for n in STAGES], ["stage", "status", "wall time", "finished"]))
-    # device
-    parts.append("<h2>Device and environment</h2>")
-    if prof:
-        env = prof.get("env", {})
+         for n in STAGES], ["stage", "status", "wall time", "finished"])]
+
+
+def _device(ctx: _Context, r: Run) -> list[str]:
+    out = ["<h2>Device and environment</h2>"]
+    if ctx.profile:
+        env = ctx.profile.get("env", {})
         rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in env.items()
                 if k not in ("snapshot", "config")]
-        conf = env.get("config") or {}
-        rows += [[f"config.{k}", v] for k, v in conf.items()]
-        parts.append(_table(rows, ["", "value"]))
-    # profiling
-    parts.append("<h2>Profiling</h2>")
+        rows += [[f"config.{k}", v] for k, v in (env.get("config") or {}).items()]
+        out.append(_table(rows, ["", "value"]))
+    return out
+
+
+def _profiling(ctx: _Context, r: Run) -> list[str]:
+    e, prof = html.escape, ctx.profile
+    out = ["<h2>Profiling</h2>"]
     if prof:
-        parts.append(f"<p>{prof['ok']} of {prof['blocks']} distinct blocks measured ({prof['measured_now']} in this run, "
-                     f"{prof['reused']} reused from <code>{e(prof['db'])}</code>).</p>")
+        out.append(f"<p>{prof['ok']} of {prof['blocks']} distinct blocks measured ({prof['measured_now']} in this run, "
+                   f"{prof['reused']} reused from <code>{e(prof['db'])}</code>).</p>")
         if prof.get("failed"):
-            parts.append(_table([[k, v] for k, v in prof["failed"].items()], ["failed block", "reason"]))
-    parts.append(_img(heat, "per-block latency heat map"))
-    if (run / "profile.csv").exists():
+            out.append(_table([[k, v] for k, v in prof["failed"].items()], ["failed block", "reason"]))
+    out.append(_img(plot_heatmap(ctx.run, ctx.cfg, ctx.plots / "block_latency_heatmap.png"), "per-block latency heat map"))
+    if (ctx.run / "profile.csv").exists():
         import pandas as pd
 
-        df = pd.read_csv(run / "profile.csv")
-        parts.append("<details><summary>every block (" + str(len(df)) + " rows)</summary>" + _table(
-            [[r.block_key, r.status, "" if np.isnan(r.median_ms) else f"{r.median_ms:.4g}",
-              "" if np.isnan(r.p10_ms) else f"{r.p10_ms:.4g}–{r.p90_ms:.4g}", r.error if isinstance(r.error, str) else ""]
-             for r in df.itertuples()], ["block", "status", "median ms", "p10–p90 ms", "error"]) + "</details>")
-    # predictor
-    parts.append("<h2>Latency predictor</h2>")
+        df = pd.read_csv(ctx.run / "profile.csv")
+        out.append("<details><summary>every block (" + str(len(df)) + " rows)</summary>" + _table(
+            [[b.block_key, b.status, "" if np.isnan(b.median_ms) else f"{b.median_ms:.4g}",
+              "" if np.isnan(b.p10_ms) else f"{b.p10_ms:.4g}–{b.p90_ms:.4g}", b.error if isinstance(b.error, str) else ""]
+             for b in df.itertuples()], ["block", "status", "median ms", "p10–p90 ms", "error"]) + "</details>")
+    return out
+
+
+def _predictor(ctx: _Context, r: Run) -> list[str]:
+    e, pred = html.escape, ctx.predictor
+    out = ["<h2>Latency predictor</h2>"]
     if pred:
         nw = pred.get("networks") or {}
+        span = f", measured {nw['range_ms'][0]:.4g}–{nw['range_ms'][1]:.4g} ms" if nw.get("range_ms") else ""
         how = (f"network model <b>{e(nw.get('model', 'offset'))}</b>: network = {nw.get('scale', 1.0):.3f} x block sum "
                f"{nw['overhead_ms']:+.4g} ms, chosen by leave-one-out on {nw['n']} networks timed end to end "
-               f"(half drawn uniformly, half towards fast candidates)") if nw else "no networks timed end to end"
-        parts.append(f"<p>{e(pred['model'])} fitted to {pred['rows']} measured blocks; {how}.</p>")
+               f"(spread over the space's latency range{span})") if nw else "no networks timed end to end"
+        out.append(f"<p>{e(pred['model'])} fitted to {pred['rows']} measured blocks; {how}.</p>")
         rows = []
         if pred.get("blocks_loo"):
             bl = pred["blocks_loo"]
@@ -418,46 +445,67 @@ def write_report(run: str | Path) -> dict[str, Path]:
             fb = bl["flops_baseline"]
             rows.append(["blocks, FLOPs baseline", fb["n"], _pct(fb["mape"]), _pct(fb["rmspe"]),
                          _pct(fb["within_10pct"]), f"{fb['kendall_tau']:.3f}"])
-        if pred.get("networks"):
-            for name, key in (("networks, block sum only", "metrics_block_sum"),
-                              ("networks, network model (leave-one-out)", "metrics_loo")):
-                m = pred["networks"][key]
-                if not m:
-                    continue
-                tau = m.get("kendall_tau")
-                rows.append([name, m["n"], _pct(m["mape"]), _pct(m["rmspe"]), _pct(m["within_10pct"]),
-                             "—" if tau is None or (isinstance(tau, float) and np.isnan(tau)) else f"{tau:.3f}"])
-        parts.append(_table(rows, ["evaluation", "n", "MAPE", "RMSPE", "within ±10 %", "Kendall τ"]))
-        parts.append(_img(plots / "predictor_blocks.png", "blocks: predicted against measured"))
-    parts.append(_img(nets, "whole networks: predicted against measured"))
-    # search
-    parts.append("<h2>Search</h2>")
+        for name, key in (("networks, block sum only", "metrics_block_sum"),
+                          ("networks, network model (leave-one-out)", "metrics_loo")):
+            m = nw.get(key)
+            if not m:
+                continue
+            tau = m.get("kendall_tau")
+            rows.append([name, m["n"], _pct(m["mape"]), _pct(m["rmspe"]), _pct(m["within_10pct"]),
+                         "—" if tau is None or (isinstance(tau, float) and np.isnan(tau)) else f"{tau:.3f}"])
+        out.append(_table(rows, ["evaluation", "n", "MAPE", "RMSPE", "within ±10 %", "Kendall τ"]))
+        out.append(_img(ctx.plots / "predictor_blocks.png", "blocks: predicted against measured"))
+    nets = plot_networks(pred, ctx.measure, ctx.baseline, ctx.plots / "networks_pred_vs_measured.png")
+    out.append(_img(nets, "whole networks: predicted against measured"))
+    return out
+
+
+def _search(ctx: _Context, r: Run) -> list[str]:
+    search, out = ctx.search, ["<h2>Search</h2>"]
+    curves = probs = None
     if search:
-        st_ms = search.get("search_target_ms")
-        how = ("" if not cfg.get("target_speedup") else
-               f" (the fastest uniform network's predicted latency / {cfg['target_speedup']:g})")
-        parts.append(f"<p>Target {_ms(target_ms)}{e(how)} for the network; the search aimed its block sum at "
-                     f"{_ms(st_ms)} (the target through the network model). "
-                     f"The space spans {search['fastest_ms']:.4g}–{search['slowest_ms']:.4g} ms predicted.</p>")
-    parts.append(_img(curves, "search curves"))
-    parts.append(_img(probs, "architecture probabilities"))
-    parts.append("<h2>Found network</h2>")
-    parts.append(_img(arch, "found architecture"))
+        from profiler.spaces import load_space
+
+        how = ("" if not ctx.cfg.get("target_speedup") else
+               f" (the fastest uniform network's predicted latency / {ctx.cfg['target_speedup']:g})")
+        out.append(f"<p>Target {_ms(ctx.target_ms)}{html.escape(how)} for the network; the search aimed its block sum "
+                   f"at {_ms(search.get('search_target_ms'))} (the target through the network model). "
+                   f"The space spans {search['fastest_ms']:.4g}–{search['slowest_ms']:.4g} ms predicted.</p>")
+        space = load_space(ctx.cfg["space"])
+        labels = [[_op_label(c) for c in space.layers[i].candidates] for i in space.searchable]
+        curves, probs = plot_search(search, ctx.plots / "search_curves.png", ctx.plots / "search_probabilities.png",
+                                    labels)
+    return out + [_img(curves, "search curves"), _img(probs, "architecture probabilities")]
+
+
+def _found(ctx: _Context, r: Run) -> list[str]:
+    search = ctx.search
+    arch = plot_arch(search["blocks"], ctx.plots / "found_arch.png", "found network") if search else None
+    out = ["<h2>Found network</h2>", _img(arch, "found architecture")]
     if search:
-        parts.append("<details><summary>block keys</summary><pre>" + e("\n".join(search["blocks"])) + "</pre></details>")
-    # measured vs predicted, baseline
-    parts.append("<h2>Predicted against measured, and the uniform family</h2>")
+        out.append("<details><summary>block keys</summary><pre>" + html.escape("\n".join(search["blocks"]))
+                   + "</pre></details>")
+    return out
+
+
+def _range_mark(inside: bool | None) -> str:
+    return {None: "—", True: "yes", False: "no: extrapolated"}[inside]
+
+
+def _comparison(ctx: _Context, r: Run) -> list[str]:
+    measure, train = ctx.measure, ctx.train
     rows = []
     if measure:
         rows.append(["found network", _ms(measure["predicted_ms"]), _ms(measure["measured_ms"]),
-                     f"{100 * measure['error']:+.1f} %", f"{train['test_acc']:.4f}" if train else "—"])
-    for b in (base or {}).get("members", []):
+                     f"{100 * measure['error']:+.1f} %", _range_mark(measure.get("in_calibrated_range")),
+                     f"{train['test_acc']:.4f}" if train else "—"])
+    for b in (ctx.baseline or {}).get("members", []):
         err = (b["predicted_ms"] - b["measured_ms"]) / b["measured_ms"] if b.get("measured_ms") else None
         rows.append([f"uniform {b['op']}", _ms(b["predicted_ms"]), _ms(b.get("measured_ms")),
-                     "—" if err is None else f"{100 * err:+.1f} %", f"{b['test_acc']:.4f}"])
-    parts.append(_table(rows, ["network", "predicted", "measured (median)", "error", "test accuracy"]))
-    parts.append(_img(pareto, "accuracy against latency"))
-    parts.append("<p class='muted'>Every latency on this page is a measurement of this device or a prediction "
-                 "labelled as one; nothing is filled in for a missing measurement.</p></body></html>")
-    (run / "report.html").write_text("\n".join(parts))
-    return {"html": run / "report.html", "summary": run / "summary.json", "plots": plots}
+                     "—" if err is None else f"{100 * err:+.1f} %", _range_mark(b.get("in_calibrated_range")),
+                     f"{b['test_acc']:.4f}"])
+    pareto = plot_pareto(measure, train, ctx.baseline, ctx.target_ms, ctx.plots / "accuracy_vs_latency.png")
+    return ["<h2>Predicted against measured, and the uniform family</h2>",
+            _table(rows, ["network", "predicted", "measured (median)", "error", "inside the calibrated range",
+                          "test accuracy"]),
+            _img(pareto, "accuracy against latency")]

@@ -41,6 +41,9 @@ class Predictor:
     """
 
     overhead_ms: float = 0.0
+    #: in-network cost of a block against its cost timed alone (x); 1 unless a network model (the
+    #: ``linear`` entry of `predictor.network.NETWORK_MODELS`) fitted it on whole networks
+    network_scale: float = 1.0
     meta: dict[str, Any]
 
     def predict_ms(self, blocks: Sequence[BlockSpec]) -> np.ndarray:
@@ -53,7 +56,7 @@ class Predictor:
         out = np.zeros(len(blocks))
         idx = [i for i, b in enumerate(blocks) if b.kind != "zero"]
         if idx:
-            out[idx] = self._predict_nonzero([blocks[i] for i in idx])
+            out[idx] = self.network_scale * np.asarray(self._predict_nonzero([blocks[i] for i in idx]), dtype=float)
         return out
 
     def predict_network_ms(self, arch: ArchSpec | Sequence[BlockSpec]) -> float:

@@ -126,7 +126,7 @@ def predictor_to_dict(p: Predictor) -> dict[str, Any]:
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     meta["versions"] = _versions()
     d: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "feature_version": FEATURE_VERSION,
-                         "overhead_ms": p.overhead_ms, "meta": meta}
+                         "overhead_ms": p.overhead_ms, "network_scale": p.network_scale, "meta": meta}
     if isinstance(p, HybridPredictor):
         d.update(type="hybrid", table=p.table.to_dict(), regression=p.regression.to_dict())
     elif isinstance(p, LookupTable):
@@ -183,6 +183,16 @@ def predictor_from_dict(d: Any, source: str = "predictor") -> Predictor:
     if d.get("feature_version") != FEATURE_VERSION:
         raise PredictorError(f"{source}: fitted with feature version {d.get('feature_version')}, this build "
                              f"computes version {FEATURE_VERSION}; fit it again with `hwnas fit`")
+    p = _predictor_from_dict(d, source)
+    scale = d.get("network_scale", 1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
+        raise PredictorError(f"{source}: network_scale must be a positive number, got {scale!r}; fit it again "
+                             "with `hwnas fit`")
+    p.network_scale = float(scale)
+    return p
+
+
+def _predictor_from_dict(d: dict[str, Any], source: str) -> Predictor:
     kind = d.get("type")
     overhead = d.get("overhead_ms") or 0.0
     meta = d.get("meta") or {}

@@ -28,6 +28,7 @@ Three ways to fit, from whole-network measurements (block lists + one latency in
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,10 +39,16 @@ from predictor.lut import Entry, HybridPredictor, LookupTable
 from predictor.regression import _LINEAR_COLUMNS, RegressionPredictor
 from profiler.blocks import BlockSpec, unique
 
-__all__ = ["NETWORK_MODELS", "fit_network_model", "fit_networks", "fit_overhead", "fit_refined"]
+__all__ = ["NETWORK_MODELS", "NetworkFit", "choose_network_model", "fit_linear", "fit_network_model", "fit_networks",
+           "fit_overhead", "fit_refined"]
 
-#: how a block predictor is combined with whole-network measurements (`hwnas fit --network-model`)
-NETWORK_MODELS = ("overhead", "refine")
+#: how a block predictor is combined with whole-network measurements (`hwnas fit --network-model`):
+#: ``overhead`` y = sum + c; ``linear`` y = a sum + c (a: in-network cost against alone, 4+ networks);
+#: ``auto`` the better of the two by leave-one-out; ``refine`` a factor per block (see the module doc)
+NETWORK_MODELS = ("overhead", "linear", "auto", "refine")
+
+#: ``linear`` has two parameters; with fewer networks its leave-one-out score means nothing
+MIN_LINEAR_NETWORKS = 4
 
 
 def _check(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float]) -> np.ndarray:
@@ -67,6 +74,103 @@ def fit_overhead(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Seq
     p.meta = dict(base.meta, overhead_from_networks=len(nets),
                   overhead_residual_rms_ms=float(np.sqrt(np.mean((y - sums - p.overhead_ms) ** 2))))
     return p
+
+
+def fit_linear(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float]) -> Predictor:
+    """A copy of ``base`` with network = ``a`` x block sum + ``c`` (ms), fitted by least squares:
+    ``a`` (`Predictor.network_scale`) is what a block costs inside a network against alone.
+
+    Raises `PredictorError` with fewer than `MIN_LINEAR_NETWORKS` networks or a non-positive slope.
+    """
+    y = _check(nets, y_ms)
+    if len(y) < MIN_LINEAR_NETWORKS:
+        raise PredictorError(f"the linear network model needs at least {MIN_LINEAR_NETWORKS} measured networks, "
+                             f"got {len(y)}; use the overhead model")
+    sums = np.array([np.sum(base.predict_ms(n)) for n in nets])
+    a, c = _line(sums, y)
+    if not a > 0:
+        raise PredictorError(f"the linear network model fitted a slope of {a:.3g}: the networks do not span enough "
+                             "latency to fit it; use the overhead model or time more varied networks")
+    p = copy.copy(base)
+    p.network_scale = float(base.network_scale * a)
+    p.overhead_ms = float(c)
+    p.meta = dict(base.meta, network_model="linear", network_scale=p.network_scale, overhead_from_networks=len(y),
+                  overhead_residual_rms_ms=float(np.sqrt(np.mean((a * sums + c - y) ** 2))))
+    return p
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    a, c = np.polyfit(x, y, 1)
+    return float(a), float(c)
+
+
+@dataclass(frozen=True)
+class NetworkFit:
+    """A network model chosen on whole-network measurements, and how it does on networks it was not
+    fitted on (leave-one-out). Latencies in ms, one entry per network."""
+
+    model: str  # overhead | linear
+    scale: float  # network_scale of the chosen model (x)
+    overhead_ms: float
+    block_sum_ms: list[float]  # the block predictor's plain sums
+    measured_ms: list[float]
+    predicted_loo_ms: list[float]  # each network predicted by the model fitted on the others
+    metrics_block_sum: dict[str, float]
+    metrics_loo: dict[str, float] | None  # None with a single network
+    candidates: dict[str, dict[str, Any]]  # every model tried: scale, overhead_ms, metrics_loo
+
+    @property
+    def range_ms(self) -> tuple[float, float]:
+        """The measured latencies the model was fitted on (min, max): outside it, it extrapolates."""
+        return float(min(self.measured_ms)), float(max(self.measured_ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), n=len(self.measured_ms), range_ms=list(self.range_ms))
+
+
+def choose_network_model(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float],
+                         models: Sequence[str] = ("overhead", "linear")) -> tuple[Predictor, NetworkFit]:
+    """Fit each of ``models`` (overhead, linear) on the networks, score each by leave-one-out, and
+    return the chosen predictor: linear only where its leave-one-out MAPE is below 0.9x the
+    overhead model's (the simpler model wins ties and small sets), with the record of the choice.
+    """
+    from predictor._metrics import metrics
+
+    y = _check(nets, y_ms)
+    sums = np.array([float(np.sum(base.predict_ms(n))) for n in nets])
+    n = len(y)
+    fitters = {"overhead": lambda x, t: (1.0, float(np.mean(t - x))), "linear": _line}
+    tried: dict[str, dict[str, Any]] = {}
+    for kind in models:
+        if kind not in fitters:
+            raise PredictorError(f"unknown network model {kind!r} to choose from; known: overhead, linear")
+        if kind == "linear" and n < MIN_LINEAR_NETWORKS:
+            continue
+        loo = np.full(n, np.nan)
+        if n > 1:
+            for i in range(n):
+                keep = np.arange(n) != i
+                a, c = fitters[kind](sums[keep], y[keep])
+                loo[i] = a * sums[i] + c
+        a, c = fitters[kind](sums, y)
+        if kind == "linear" and not a > 0:
+            continue  # a flat or falling line: the networks span too little latency to fit a slope
+        tried[kind] = {"scale": a, "overhead_ms": c, "predicted_loo_ms": loo,
+                       "metrics_loo": metrics(y, loo) if n > 1 else None}
+    if not tried:
+        raise PredictorError(f"no network model could be fitted to {n} networks")
+    kind = next(iter(tried))
+    for k, v in tried.items():
+        if v["metrics_loo"] and tried[kind]["metrics_loo"] and v["metrics_loo"]["mape"] < 0.9 * tried[kind]["metrics_loo"]["mape"]:
+            kind = k
+    pred = fit_linear(base, nets, y) if kind == "linear" else fit_overhead(base, nets, y)
+    pred.meta = dict(pred.meta, network_model=kind, network_scale=pred.network_scale)
+    ch = tried[kind]
+    fit = NetworkFit(kind, float(pred.network_scale), float(pred.overhead_ms), sums.tolist(), y.tolist(),
+                     ch["predicted_loo_ms"].tolist(), metrics(y, sums), ch["metrics_loo"],
+                     {k: {"scale": v["scale"], "overhead_ms": v["overhead_ms"], "metrics_loo": v["metrics_loo"]}
+                      for k, v in tried.items()})
+    return pred, fit
 
 
 def _occurrences(nets: Sequence[Sequence[BlockSpec]]) -> tuple[list[BlockSpec], np.ndarray]:
@@ -153,6 +257,10 @@ def fit_network_model(base: Predictor | None, nets: Sequence[Sequence[BlockSpec]
         return fit_networks(nets, y_ms, meta=meta)
     if model == "refine":
         return fit_refined(base, nets, y_ms, seed=seed)
+    if model == "linear":
+        return fit_linear(base, nets, y_ms)
+    if model == "auto":
+        return choose_network_model(base, nets, y_ms)[0]
     return fit_overhead(base, nets, y_ms)
 
 

@@ -7,16 +7,18 @@ where the layer may be skipped (stride 1, equal in/out channels), the zero op.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import yaml
 
 from profiler.blocks import ArchSpec, BlockSpec, _out_size, unique
 
-__all__ = ["SearchSpace", "Layer", "load_space", "list_spaces", "SpaceError"]
+__all__ = ["SearchSpace", "Layer", "load_space", "list_spaces", "parse_op", "SpaceError"]
 
 
 class SpaceError(ValueError):
@@ -72,11 +74,81 @@ class SearchSpace:
                 blocks.append(layer.candidates[0])
         return ArchSpec(tuple(blocks), self.input_size, self.num_classes, name or self.name)
 
+    def uniform_choices(self, op: str) -> list[int]:
+        """The choices that put the same MBConv in every searchable layer; ``op`` is kernel and
+        expand ratio written ``kKeE`` (``k3e6``). Raises `SpaceError` where a layer lacks it."""
+        k, e = parse_op(op)
+        out = []
+        for i in self.searchable:
+            idx = [j for j, c in enumerate(self.layers[i].candidates)
+                   if c.kind == "mbconv" and c.kernel == k and c.mid_c == c.in_c * e]
+            if not idx:
+                raise SpaceError(f"baseline member {op}: layer {i} of {self.name!r} has no kernel {k} expand {e} "
+                                 "candidate")
+            out.append(idx[0])
+        return out
+
+    def spanning_archs(self, block_ms: Mapping[str, float], n: int, seed: int = 0,
+                       exclude: Sequence[str] = (), pool: int = 4000) -> list[tuple[list[int], ArchSpec]]:
+        """``n`` distinct networks whose block sums (from ``block_ms``: block key -> ms, the zero op 0)
+        spread evenly over the space's latency range, from its fastest network to its slowest.
+
+        A network model fitted on them is then checked where a search may land, at either end, rather
+        than only where uniform random draws cluster (the middle). Candidates are drawn layer by layer
+        with probabilities ~ ms^-t, t from -3 (slow end) to 3 (fast end); the one nearest to each of
+        ``n`` evenly spaced latencies is kept. Networks whose key is in ``exclude`` (the uniform
+        baselines, which check the model out of sample) are never chosen. Blocks without a number
+        are never drawn.
+        """
+        rng = np.random.default_rng(seed)
+        ms = []
+        for i in self.searchable:
+            m = np.array([0.0 if c.kind == "zero" else float(block_ms.get(c.key, np.nan))
+                          for c in self.layers[i].candidates])
+            if not np.isfinite(m).any():
+                raise SpaceError(f"{self.name}: no candidate of layer {i} has a latency; profile the space first")
+            ms.append(m)
+        fixed = sum(float(block_ms.get(layer.candidates[0].key, 0.0)) for layer in self.layers if not layer.searchable)
+        excluded = set(exclude)
+        seen: dict[str, tuple[float, list[int]]] = {}
+        for t in np.linspace(-3.0, 3.0, pool):
+            choices = []
+            for m in ms:
+                ok = np.isfinite(m)
+                w = np.where(ok, np.maximum(m, 1e-3 * np.nanmax(m) + 1e-9), 1.0) ** -t * ok
+                choices.append(int(rng.choice(len(m), p=w / w.sum())))
+            key = self.arch(choices).key
+            if key not in excluded and key not in seen:
+                seen[key] = (fixed + float(sum(m[c] for m, c in zip(ms, choices))), choices)
+        ordered = sorted(seen.values())
+        if not ordered or n <= 0:
+            return []
+        lo, hi = ordered[0][0], ordered[-1][0]
+        picked: list[tuple[list[int], ArchSpec]] = []
+        used: set[int] = set()
+        sums = np.array([v[0] for v in ordered])
+        for target in np.linspace(lo, hi, n):
+            for j in np.argsort(np.abs(sums - target)):
+                if int(j) not in used:
+                    used.add(int(j))
+                    choices = ordered[int(j)][1]
+                    picked.append((choices, self.arch(choices, f"{self.name}-calibration")))
+                    break
+        return picked
+
     def size(self) -> int:
         n = 1
         for layer in self.layers:
             n *= len(layer.candidates)
         return n
+
+
+def parse_op(text: str) -> tuple[int, int]:
+    """``k3e6`` -> (kernel 3, expand ratio 6); raises `SpaceError` on anything else."""
+    m = re.fullmatch(r"k(\d+)e(\d+)", str(text).strip())
+    if not m:
+        raise SpaceError(f"baseline member {text!r}: write kernel and expand ratio as kKeE, e.g. k3e6")
+    return int(m[1]), int(m[2])
 
 
 def _spaces_dir() -> Path:

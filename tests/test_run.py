@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 
 from hwnas.cli import main
-from hwnas.pipeline import STAGES, RunConfig, RunError, load_config, run, uniform_choices
-from profiler.spaces import load_space
+from hwnas.pipeline import STAGES, RunConfig, RunError, load_config, run
+from profiler.spaces import SpaceError, load_space
 
 
 def test_uniform_choices_pick_the_same_op_in_every_layer():
     space = load_space("tiny-mnist")
-    ch = uniform_choices(space, "k5e6")
+    ch = space.uniform_choices("k5e6")
     arch = space.arch(ch)
     mb = [b for i, b in enumerate(arch.blocks) if i in space.searchable]
     assert {(b.kernel, b.mid_c // b.in_c) for b in mb} == {(5, 6)}
-    with pytest.raises(RunError, match="kKeE"):
-        uniform_choices(space, "5x6")
-    with pytest.raises(RunError, match="no kernel 9 expand 6"):
-        uniform_choices(space, "k9e6")
+    with pytest.raises(SpaceError, match="kKeE"):
+        space.uniform_choices("5x6")
+    with pytest.raises(SpaceError, match="no kernel 9 expand 6"):
+        space.uniform_choices("k9e6")
 
 
 def test_config_file_is_read_safely_and_checked(tmp_path):

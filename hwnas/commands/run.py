@@ -223,10 +223,12 @@ def _print_summary(s: dict[str, Any], out: str, as_json: bool) -> int:
 
 
 def cmd_report(args) -> int:
-    from hwnas.report import write_report
+    from hwnas.report import summary, write_report
+    from hwnas.rundir import Run
 
     paths = write_report(args.run)
-    s = json.loads(paths["summary"].read_text())
+    s = summary(args.run)
+    Run(args.run).write_summary(s)
     if args.json:
         print(json.dumps(s, indent=2))
     else:

@@ -1,0 +1,85 @@
+"""Network-level models (overhead, linear, auto) as saveable predictors, and calibration networks
+that span a space's latency range."""
+
+import numpy as np
+import pytest
+
+from predictor import LookupTable, PredictorError, load_predictor, save_predictor
+from predictor.network import NETWORK_MODELS, choose_network_model, fit_linear, fit_network_model
+from profiler.spaces import load_space
+
+
+def _space_table(seed=0):
+    space = load_space("tiny-mnist")
+    rng = np.random.default_rng(seed)
+    ms = {b.key: float(rng.uniform(0.02, 0.2)) for b in space.blocks()}
+    return space, ms, LookupTable(ms)
+
+
+def _networks(space, ms, n, scale, overhead, seed=0):
+    archs = [a for _, a in space.spanning_archs(ms, n, seed=seed)]
+    y = [scale * sum(ms.get(b.key, 0.0) for b in a.blocks) + overhead for a in archs]
+    return [list(a.blocks) for a in archs], y
+
+
+def test_linear_model_recovers_scale_and_overhead_and_survives_a_save(tmp_path):
+    space, ms, table = _space_table()
+    nets, y = _networks(space, ms, 8, scale=1.3, overhead=0.05)
+    p = fit_linear(table, nets, y)
+    assert p.network_scale == pytest.approx(1.3) and p.overhead_ms == pytest.approx(0.05)
+    assert [p.predict_network_ms(n) for n in nets] == pytest.approx(y)
+    back = load_predictor(save_predictor(p, tmp_path / "p.json"))
+    assert back.network_scale == pytest.approx(1.3)
+    assert [back.predict_network_ms(n) for n in nets] == pytest.approx(y)
+    assert table.network_scale == 1.0  # the base is not changed
+
+
+def test_auto_chooses_linear_only_when_it_predicts_held_out_networks_better():
+    space, ms, table = _space_table()
+    nets, y = _networks(space, ms, 8, scale=1.3, overhead=0.05)
+    pred, fit = choose_network_model(table, nets, y)
+    assert fit.model == "linear" and fit.metrics_loo["mape"] < 1e-6
+    assert set(fit.candidates) == {"overhead", "linear"}
+    assert fit.range_ms == (min(y), max(y))
+    # blocks that cost the same in a network as alone: the simpler offset model is kept
+    nets, y = _networks(space, ms, 8, scale=1.0, overhead=0.02)
+    pred, fit = choose_network_model(table, nets, y)
+    assert fit.model == "overhead" and pred.network_scale == 1.0 and pred.overhead_ms == pytest.approx(0.02)
+    assert "auto" in NETWORK_MODELS and fit_network_model(table, nets, y, "auto").overhead_ms == pytest.approx(0.02)
+
+
+def test_linear_needs_enough_networks():
+    space, ms, table = _space_table()
+    nets, y = _networks(space, ms, 3, scale=1.2, overhead=0.0)
+    with pytest.raises(PredictorError, match="at least 4"):
+        fit_linear(table, nets, y)
+    _, fit = choose_network_model(table, nets, y)
+    assert fit.model == "overhead" and set(fit.candidates) == {"overhead"}
+
+
+def test_a_bad_scale_in_a_predictor_file_is_one_line(tmp_path):
+    import json
+
+    space, ms, table = _space_table()
+    path = save_predictor(table, tmp_path / "p.json")
+    d = json.loads(path.read_text())
+    d["network_scale"] = "lots"
+    path.write_text(json.dumps(d))
+    with pytest.raises(PredictorError, match="network_scale must be a positive number"):
+        load_predictor(path)
+
+
+def test_calibration_networks_span_the_space_and_leave_out_the_baselines():
+    space, ms, _ = _space_table(seed=3)
+    base = [space.arch(space.uniform_choices(op)).key for op in ("k3e3", "k3e6", "k5e6")]
+    picked = space.spanning_archs(ms, 10, seed=1, exclude=base)
+    assert len(picked) == len({a.key for _, a in picked}) == 10
+    assert not {a.key for _, a in picked} & set(base)
+    sums = sorted(sum(ms.get(b.key, 0.0) for b in a.blocks) for _, a in picked)
+    # the space's own extremes: every layer at its cheapest / dearest candidate
+    lo = sum(min((0.0 if c.kind == "zero" else ms[c.key]) for c in layer.candidates) for layer in space.layers)
+    hi = sum(max((0.0 if c.kind == "zero" else ms[c.key]) for c in layer.candidates) for layer in space.layers)
+    # the picked networks cover most of that range, evenly (no gap above a quarter of it)
+    assert sums[0] - lo < 0.15 * (hi - lo) and hi - sums[-1] < 0.15 * (hi - lo)
+    assert max(np.diff(sums)) < 0.25 * (hi - lo)
+    assert space.spanning_archs(ms, 10, seed=1, exclude=base) == picked  # deterministic
