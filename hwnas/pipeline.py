@@ -53,7 +53,7 @@ class RunConfig:
     db: str = "data/hwnas.db"  # the measurement store, shared by runs and devices
     threads: int = 1  # runtime threads while timing (count)
     quick: bool = False  # the looser timing protocol (smoke runs only)
-    calibrate: int = 6  # random networks timed end to end for the per-network overhead (count)
+    calibrate: int = 10  # networks spanning the space's latency range, timed end to end for the network model (count)
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps

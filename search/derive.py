@@ -1,0 +1,68 @@
+"""Derive a network from a finished search under a latency target, with a latency table that may
+differ from the one the search used (the closed loop: a refitted network model).
+
+The search leaves a probability per candidate of each searchable layer. The most likely network
+under a latency bound is
+
+    max_c  sum_i log p_i[c_i]   subject to   fixed + sum_i L_i[c_i] <= target
+
+a multiple-choice knapsack, solved exactly by dynamic programming over the latency budget cut into
+``bins`` steps (each candidate's latency rounded up to whole steps, so a network the program calls
+feasible is feasible). Without a target, or where the plain argmax network meets it, that network
+is returned unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from search.latency import LatencyTable, SearchError
+
+__all__ = ["derive_under_target"]
+
+
+def derive_under_target(table: LatencyTable, probabilities: Sequence[Sequence[float]],
+                        target_ms: float | None, bins: int = 4000) -> list[int]:
+    """Choices (one candidate index per searchable layer) of the most likely network whose block sum
+    (``table``, ms) is at most ``target_ms``; the fastest network of the table where none meets it.
+
+    Raises `SearchError` when ``probabilities`` do not match the table's layers.
+    """
+    if len(probabilities) != len(table.layers) or any(len(p) != len(t) for p, t in zip(probabilities, table.layers)):
+        raise SearchError(f"{len(probabilities)} probability rows do not match the {len(table.layers)} layers of the "
+                          "latency table; derive with the space the search ran on")
+    logp = [np.log(np.clip(np.asarray(p, dtype=float), 1e-12, 1.0)) for p in probabilities]
+    best = [int(np.argmax(lp)) for lp in logp]
+    if target_ms is None or table.arch_ms(best) <= target_ms:
+        return best
+    fastest = [int(np.argmin(lat)) for lat in table.layers]
+    budget = target_ms - table.fixed_ms
+    if table.arch_ms(fastest) > target_ms or budget <= 0:
+        return fastest  # nothing meets it: the fastest there is
+    step = budget / bins
+    score = np.full(bins + 1, -np.inf)  # best log-probability of the layers so far, by budget used
+    score[0] = 0.0
+    back = []
+    for lp, lat in zip(logp, table.layers):
+        cost = np.ceil(np.asarray(lat) / step - 1e-9).astype(int)
+        new, arg = np.full(bins + 1, -np.inf), np.full(bins + 1, -1)
+        for j, (c, v) in enumerate(zip(cost, lp)):
+            if c > bins:
+                continue
+            cand = np.full(bins + 1, -np.inf)
+            cand[c:] = score[: bins + 1 - c] + v
+            better = cand > new
+            new[better], arg[better] = cand[better], j
+        score = new
+        back.append((arg, cost))
+    end = int(np.argmax(score))
+    if not np.isfinite(score[end]):
+        return fastest  # the rounding left no feasible network: be safe
+    choices = []
+    for arg, cost in reversed(back):
+        j = int(arg[end])
+        choices.append(j)
+        end -= int(cost[j])
+    return choices[::-1]
