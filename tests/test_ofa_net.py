@@ -87,7 +87,9 @@ def test_cli_predict_ofa_net(tmp_path, capsys):
                  "--save-arch", str(saved), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     arch = read_ofa_net(MBV3, 64)
-    assert out["blocks"] == arch.keys and out["latency_ms"] == pytest.approx(pred.predict_network_ms(arch))
+    assert [b["block_key"] for b in out["blocks"]] == arch.keys
+    assert out["latency_ms"] == pytest.approx(pred.predict_network_ms(arch))
+    assert {b["source"] for b in out["blocks"]} <= {"table", "regression", "zero"}
     assert ArchSpec.from_json(saved.read_text()).keys == arch.keys
     bad = tmp_path / "bad.config"
     bad.write_text("{not json")
