@@ -11,7 +11,11 @@ from predictor._base import Predictor, PredictorError, UnknownBlockError
 from predictor.regression import RegressionPredictor
 from profiler.blocks import BlockKeyError, BlockSpec
 
-__all__ = ["LookupTable", "HybridPredictor", "Entry"]
+__all__ = ["LookupTable", "HybridPredictor", "Entry", "SOURCES"]
+
+#: where a predictor takes a block's latency from (``sources(blocks)`` of every predictor): its lookup
+#: table, its regression model, or nowhere (the zero op, a skipped layer, costs 0 ms by definition)
+SOURCES = ("table", "regression", "zero")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,19 @@ class LookupTable(Predictor):
             out[i] = e.mean_ms
         return out
 
+    def sources(self, blocks: Sequence[BlockSpec]) -> list[str]:
+        """Where each block's latency comes from (`SOURCES`): ``table``, or ``zero`` for the zero op.
+
+        Raises:
+            UnknownBlockError: a block the table lacks (as `predict_ms` does).
+        """
+        out = []
+        for b in blocks:
+            if b.kind != "zero" and b.key not in self.entries:
+                raise UnknownBlockError(b.key, self.source)
+            out.append("zero" if b.kind == "zero" else "table")
+        return out
+
     def describe(self) -> str:
         return f"lookup table ({len(self)} blocks)"
 
@@ -120,6 +137,12 @@ class HybridPredictor(Predictor):
     def from_table(self, blocks: Sequence[BlockSpec]) -> np.ndarray:
         """Which blocks the table answers (bool per block; the zero op counts as answered)."""
         return np.array([b.kind == "zero" or b.key in self.table.entries for b in blocks], dtype=bool)
+
+    def sources(self, blocks: Sequence[BlockSpec]) -> list[str]:
+        """Where each block's latency comes from (`SOURCES`), the choice `predict_ms` makes: ``table``
+        for a block the table holds, ``regression`` for the rest, ``zero`` for the zero op."""
+        return ["zero" if b.kind == "zero" else "table" if b.key in self.table.entries else "regression"
+                for b in blocks]
 
     def describe(self) -> str:
         return f"hybrid: {self.table.describe()}, else {self.regression.describe()}"

@@ -241,6 +241,10 @@ class RegressionPredictor(Predictor):
         # a tiny floor: the log models are positive anyway; the linear one can reach 0 for a free block
         return np.maximum(predict_state(self.family, self.state, features(blocks)), 0.0)
 
+    def sources(self, blocks: Sequence[BlockSpec]) -> list[str]:
+        """Where each block's latency comes from: ``regression``, or ``zero`` for the zero op (0 ms)."""
+        return ["zero" if b.kind == "zero" else "regression" for b in blocks]
+
     def describe(self) -> str:
         return f"regression ({self.family}, {len(self.train_keys)} training rows)"
 

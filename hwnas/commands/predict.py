@@ -83,15 +83,19 @@ def register(sub) -> None:
                       help="any torch nn.Module: package.module:factory, a callable returning it (the current "
                            "folder is searched too); decomposed into blocks through torch.export, and parts "
                            "that match no block kind are listed")
-    what.add_argument("--ofa-net", metavar="NET_CONFIG",
-                      help="a Once-for-All net.config (MobileNetV3 or ProxylessNASNets); its input size is "
-                           "--image-size, since OFA keeps it in run.config")
+    what.add_argument("--net-config", "--ofa-net", dest="net_config", metavar="NET_CONFIG",
+                      help="a network as Once-for-All or ProxylessNAS publish it (net.config, e.g. "
+                           "proxyless_mobile.config): ProxylessNASNets or MobileNetV3, blocks under conv or "
+                           "mobile_inverted_conv; its input size is --image-size, since both keep it in "
+                           "run.config (--ofa-net is the old name of this option)")
     p.add_argument("--image-size", type=int, default=224,
-                   help="with --model or --ofa-net: input height and width (pixels)")
+                   help="with --model or --net-config: input height and width (pixels)")
     p.add_argument("--save-arch", metavar="FILE",
-                   help="with --ofa-net: also write the network as an arch.json (ArchSpec), which "
+                   help="with --net-config: also write the network as an arch.json (ArchSpec), which "
                         "`hwnas verify --arch` measures on a device")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object; each block with its latency (ms) and its source: table (the "
+                        "lookup table), regression, or zero (a skipped layer, 0 ms)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export-lut", help="write a ProxylessNAS-format LUT (.yaml) of a space from a predictor",
@@ -317,42 +321,65 @@ def cmd_evaluate(args) -> int:
 
 # ---- predict / export-lut -----------------------------------------------------------------------
 
+def _per_block(pred, blocks: list) -> tuple[Any, list[dict]]:
+    """Each block's predicted latency (ms) and where it came from (the predictor's ``sources``)."""
+    per = _user(pred.predict_ms, blocks)
+    src = _user(pred.sources, blocks)
+    return per, [{"block_key": b.key, "latency_ms": float(v), "source": s} for b, v, s in zip(blocks, per, src)]
+
+
+def _print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        print(f"{r['latency_ms']:9.4f} ms  {r['source']:<10}  {r['block_key']}")
+
+
+def _source_counts(rows: list[dict]) -> str:
+    from collections import Counter
+
+    n = Counter(r["source"] for r in rows)
+    return ", ".join(f"{n[s]} {label}" for s, label in (("table", "from the table"), ("regression", "regressed"),
+                                                        ("zero", "skipped")) if n[s])
+
+
 def cmd_predict(args) -> int:
     from profiler.blocks import ArchSpec, BlockSpec
 
     pred = _load(args.predictor)
-    if args.arch or args.ofa_net:
-        if args.ofa_net:
+    if args.arch or args.net_config:
+        if args.net_config:
             from predictor.ofa_net import read_ofa_net
 
-            arch = _user(read_ofa_net, args.ofa_net, args.image_size)
-            if args.save_arch:
-                Path(args.save_arch).write_text(arch.to_json(), encoding="utf-8")
+            arch = _user(read_ofa_net, args.net_config, args.image_size)
         else:
             if not Path(args.arch).exists():
                 raise UserError(f"{args.arch}: no such file")
             arch = ArchSpec.from_json(Path(args.arch).read_text(encoding="utf-8"))
         blocks = list(arch.blocks)
-        per = _user(pred.predict_ms, blocks)
+        per, rows = _per_block(pred, blocks)
         total = float(per.sum() + pred.overhead_ms)
+        if args.net_config and args.save_arch:  # written once the network is known to be predictable
+            try:
+                Path(args.save_arch).write_text(arch.to_json(), encoding="utf-8")
+            except OSError as e:
+                raise UserError(f"--save-arch {args.save_arch}: cannot write it ({e.strerror})") from None
         out = {"latency_ms": total, "blocks_ms": float(per.sum()), "overhead_ms": pred.overhead_ms,
-               "arch": args.arch or args.ofa_net, "predictor": args.predictor, "blocks": arch.keys}
+               "arch": args.arch or args.net_config, "predictor": args.predictor, "blocks": rows}
         if args.json:
-            print(json.dumps(out, indent=2))
-        else:
-            print(f"{total:.4f} ms  ({len(blocks)} blocks {per.sum():.4f} ms + overhead {pred.overhead_ms:.4f} ms)")
+            print(json.dumps(_clean(out), indent=2))
+            return 0
+        _print_rows(rows)
+        print(f"{total:.4f} ms  ({len(blocks)} blocks {per.sum():.4f} ms + overhead {pred.overhead_ms:.4f} ms; "
+              f"{_source_counts(rows)})")
         return 0
     if args.model:
         return _predict_model(pred, args)
     blocks = [BlockSpec.from_key(k) for k in args.block]
-    per = _user(pred.predict_ms, blocks)
+    per, rows = _per_block(pred, blocks)
     if args.json:
-        print(json.dumps({"latency_ms": float(per.sum()) if len(blocks) > 1 else float(per[0]),
-                          "blocks": [{"block_key": b.key, "latency_ms": float(v)} for b, v in zip(blocks, per)]},
-                         indent=2))
+        print(json.dumps(_clean({"latency_ms": float(per.sum()) if len(blocks) > 1 else float(per[0]),
+                                 "blocks": rows}), indent=2))
     else:
-        for b, v in zip(blocks, per):
-            print(f"{v:.4f} ms  {b.key}")
+        _print_rows(rows)
     return 0
 
 
@@ -364,19 +391,18 @@ def _predict_model(pred, args) -> int:
     if not d.blocks:
         raise UserError(f"--model {args.model}: no part of it matches a block kind ({d.unmatched_summary()}); "
                         "nothing to predict")
-    per = _user(pred.predict_ms, d.blocks)
+    per, rows = _per_block(pred, list(d.blocks))
     blocks_ms = float(sum(per))
     total = blocks_ms + pred.overhead_ms
     out = {"latency_ms": total, "blocks_ms": blocks_ms, "overhead_ms": pred.overhead_ms, "model": args.model,
            "input_shape": list(d.input_shape), "predictor": args.predictor, "complete": d.complete,
            "covers": "the whole network" if d.complete else "only the matched blocks; see unmatched",
-           "blocks": [{"block_key": b.key, "latency_ms": float(v)} for b, v in zip(d.blocks, per)],
+           "blocks": rows,
            "unmatched": [u.to_dict() for u in d.unmatched]}
     if args.json:
         print(json.dumps(_clean(out), indent=2))
         return 0
-    for b, v in zip(d.blocks, per):
-        print(f"{v:9.4f} ms  {b.key}")
+    _print_rows(rows)
     print(f"{total:.4f} ms  {args.model} at {'x'.join(map(str, d.input_shape))} ({len(d.blocks)} blocks "
           f"{blocks_ms:.4f} ms + overhead {pred.overhead_ms:.4f} ms)")
     if d.unmatched:
