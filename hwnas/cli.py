@@ -87,4 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m hwnas.cli` runs this file as __main__, and the commands import hwnas.cli again: use
+    # that module's main, so that the UserError the commands raise is the one it catches
+    from hwnas.cli import main as _main
+
+    raise SystemExit(_main())

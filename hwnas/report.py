@@ -267,7 +267,12 @@ def summary(run: Path) -> dict[str, Any]:
         "within_10pct": measure["within_10pct"] if measure else None,
         "meets_target": measure["meets_target"] if measure else None,
         "accuracy": train["test_acc"] if train else None,
-        "choices": (search or {}).get("choices"), "blocks": (search or {}).get("blocks"),
+        "choices": measure["choices"] if measure and measure.get("choices") else (search or {}).get("choices"),
+        "blocks": measure["blocks"] if measure and measure.get("blocks") else (search or {}).get("blocks"),
+        "rounds": [{k: rnd.get(k) for k in ("round", "choices", "key", "predicted_ms", "measured_ms", "error",
+                                            "within_10pct", "retimed", "first_measured_ms", "in_calibrated_range",
+                                            "in_sample")}
+                   for rnd in (measure or {}).get("rounds", [])],
         "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
         "total_seconds": round(sum(v.get("seconds") or 0 for v in stages.values()), 2),
     }
@@ -378,6 +383,13 @@ def _headline(ctx: _Context, r: Run) -> list[str]:
            + (f"; target {tgt:g} ms <span class='{'ok' if met else 'bad'}'>{'met' if met else 'missed'}</span>"
               if tgt else "")
            + (f"; test accuracy <b>{train['test_acc']:.4f}</b>" if train else "") + ".</p>"]
+    rounds = measure.get("rounds") or []
+    if len(rounds) > 1:
+        r1 = rounds[0]
+        out.append(f"<p>Closed loop: round 1's network was predicted at {_ms(r1['predicted_ms'])} and measured at "
+                   f"{_ms(r1['measured_ms'])} ({100 * r1['error']:+.1f} %, the out-of-sample error), also when "
+                   f"re-timed; the network model was refitted with it and the network derived again (round 2, "
+                   f"shown above).</p>")
     if measure.get("in_calibrated_range") is False:
         lo, hi = measure["calibrated_range_ms"]
         out.append(f"<p class='bad'>The found network's prediction lies outside the latencies the network model "
@@ -479,11 +491,11 @@ def _search(ctx: _Context, r: Run) -> list[str]:
 
 
 def _found(ctx: _Context, r: Run) -> list[str]:
-    search = ctx.search
-    arch = plot_arch(search["blocks"], ctx.plots / "found_arch.png", "found network") if search else None
+    blocks = (ctx.measure or {}).get("blocks") or (ctx.search or {}).get("blocks")
+    arch = plot_arch(blocks, ctx.plots / "found_arch.png", "found network") if blocks else None
     out = ["<h2>Found network</h2>", _img(arch, "found architecture")]
-    if search:
-        out.append("<details><summary>block keys</summary><pre>" + html.escape("\n".join(search["blocks"]))
+    if blocks:
+        out.append("<details><summary>block keys</summary><pre>" + html.escape("\n".join(blocks))
                    + "</pre></details>")
     return out
 
@@ -495,10 +507,17 @@ def _range_mark(inside: bool | None) -> str:
 def _comparison(ctx: _Context, r: Run) -> list[str]:
     measure, train = ctx.measure, ctx.train
     rows = []
-    if measure:
-        rows.append(["found network", _ms(measure["predicted_ms"]), _ms(measure["measured_ms"]),
-                     f"{100 * measure['error']:+.1f} %", _range_mark(measure.get("in_calibrated_range")),
-                     f"{train['test_acc']:.4f}" if train else "—"])
+    rounds = (measure or {}).get("rounds") or ([measure] if measure else [])
+    for rnd in rounds:
+        last = rnd is rounds[-1]
+        name = "found network" if len(rounds) == 1 else f"found network, round {rnd['round']}"
+        if rnd.get("retimed"):
+            name += f" (re-timed; first {rnd['first_measured_ms']:.4g} ms)"
+        if rnd.get("in_sample"):
+            name += " (in the refit: in-sample)"
+        rows.append([name, _ms(rnd["predicted_ms"]), _ms(rnd["measured_ms"]),
+                     f"{100 * rnd['error']:+.1f} %", _range_mark(rnd.get("in_calibrated_range")),
+                     f"{train['test_acc']:.4f}" if train and last else "—"])
     for b in (ctx.baseline or {}).get("members", []):
         err = (b["predicted_ms"] - b["measured_ms"]) / b["measured_ms"] if b.get("measured_ms") else None
         rows.append([f"uniform {b['op']}", _ms(b["predicted_ms"]), _ms(b.get("measured_ms")),

@@ -25,7 +25,9 @@ import numpy as np
 __all__ = ["STAGES", "Run", "CONFIG_FILE", "PREDICTOR_FILE", "SUMMARY_FILE", "REPORT_FILE", "ARCH_FILE",
            "write_json", "read_json"]
 
-STAGES = ("profile", "calibrate", "predictor", "search", "train", "export", "measure", "baseline", "report")
+#: the found network is timed (and the loop closed) before it is trained: latency does not depend on
+#: the weights, and a second round may choose another network to train
+STAGES = ("profile", "calibrate", "predictor", "search", "measure", "train", "export", "baseline", "report")
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "stages.json"

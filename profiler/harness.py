@@ -117,7 +117,8 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
             device: str = "local", threads: int = 1, cores: str | None = None,
             protocol: TimingProtocol | None = None, jobs: int | None = None, cache_dir: str | Path | None = None,
             per_op: bool = False, tune_trials: int = 0, retry_failed: bool = False, cross: str | None = None,
-            progress: Progress | None = None, adb: "AdbOptions | None" = None, gpu: bool = False) -> ProfileResult:
+            progress: Progress | None = None, adb: "AdbOptions | None" = None, gpu: bool = False,
+            retime: bool = False) -> ProfileResult:
     """Profile `models` with `backend` on `device` and write every result to `store`.
 
     Args:
@@ -133,6 +134,8 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         per_op: also record per-operator timings where the backend gives them (ExecuTorch ETDump).
         tune_trials: MetaSchedule trials per block for TVM (0: untuned default schedules).
         retry_failed: measure again the blocks whose stored row is a failure.
+        retime: measure every model again, even where an ok row is stored; the new row replaces it
+            (a network whose measurement disagrees with its prediction is timed a second time).
         cross: build for another kind of device than the host ("aarch64-android", "aarch64-linux");
             only with a remote device.
         gpu: time on the device's GPU: a phone's through OpenCL (tvm) or Vulkan (executorch, a runner
@@ -185,7 +188,7 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
                     "remote" if dev.kind == "rpc" else format_cores(core_list))
     with _opened(store) as st:
         return _run(models, be.name, st, config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
-                    retry_failed, progress, t_run)
+                    retry_failed, progress, t_run, retime=retime)
 
 
 def _phone_gpu(info: dict, api: str, spec: str) -> None:
@@ -263,10 +266,11 @@ def _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir,
 
 
 def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
-         retry_failed, progress: Progress, t_run, timer=None, worker_device: str | None = None) -> ProfileResult:
+         retry_failed, progress: Progress, t_run, timer=None, worker_device: str | None = None,
+         retime: bool = False) -> ProfileResult:
     uniq = list(dict.fromkeys(models))
     status = st.status_of(config)
-    todo = [m for m in uniq if m.key not in status or (retry_failed and status[m.key] == "failed")]
+    todo = [m for m in uniq if retime or m.key not in status or (retry_failed and status[m.key] == "failed")]
     res = ProfileResult(config, len(uniq), len(uniq) - len(todo))
     versions = _versions(backend)
     options: dict[str, Any] = {}
@@ -281,7 +285,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
     host = {"cpu_model": cpu_model(), "machine": platform.machine(), "os": f"{platform.system()} {platform.release()}"}
 
     def record(m: Measurement) -> None:
-        st.put(m)
+        st.put(m, replace=retime and m.status == "ok")
         (res.measured if m.status == "ok" else res.failed).append(m)
 
     def failure(model, stage: str, error: str, compile_s: float | None = None) -> Measurement:
@@ -321,7 +325,7 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
             art = artifacts.get(model)
             if art is None:
                 continue
-            if not st.claim(config, model.key, owner, protocol.timeout_s + 60, retry_failed):
+            if not st.claim(config, model.key, owner, protocol.timeout_s + 60, retry_failed, retime):
                 res.skipped += 1  # measured, or being measured, by another process sharing this store
                 progress.advance("measure", model.key)
                 continue

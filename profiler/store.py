@@ -107,9 +107,9 @@ class Store:
         self.close()
 
     # ---- writing -----------------------------------------------------------------------------
-    def put(self, m: Measurement) -> bool:
-        """Store `m` in its own transaction. A failed row may be replaced by a new result;
-        an ok row is never replaced. Returns whether the row was written."""
+    def put(self, m: Measurement, replace: bool = False) -> bool:
+        """Store `m` in its own transaction. A failed row may be replaced by a new result; an ok row
+        only with `replace` (a block re-timed on purpose). Returns whether the row was written."""
         row = _to_row(m)
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
@@ -118,11 +118,12 @@ class Store:
         cur = self._db.execute(
             f"INSERT INTO measurements ({cols}) VALUES ({marks}) "
             "ON CONFLICT (block_key, device_id, backend, target, threads, cores) "
-            f"DO UPDATE SET {updates} WHERE measurements.status = 'failed'",
+            f"DO UPDATE SET {updates}" + ("" if replace else " WHERE measurements.status = 'failed'"),
             list(row.values()))
         return cur.rowcount > 0
 
-    def claim(self, config: Config, block_key: str, owner: str, stale_s: float, retry_failed: bool = False) -> bool:
+    def claim(self, config: Config, block_key: str, owner: str, stale_s: float, retry_failed: bool = False,
+              retime: bool = False) -> bool:
         """Take `block_key` for measuring under `config`, unless it is stored already or another live
         process holds it. Several profiling processes sharing one store (a device farm) use this so
         that no block is measured twice. A claim whose owner died (same host, pid gone) or that is
@@ -132,7 +133,7 @@ class Store:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             row = self._db.execute(f"SELECT status FROM measurements WHERE {where}", ident).fetchone()
-            if row and (row[0] == "ok" or not retry_failed):
+            if row and not retime and (row[0] == "ok" or not retry_failed):
                 self._db.execute("COMMIT")
                 return False
             held = self._db.execute(f"SELECT owner, claimed_at FROM claims WHERE {where}", ident).fetchone()

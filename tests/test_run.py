@@ -189,3 +189,32 @@ def test_sigkill_in_the_search_resumes_from_its_checkpoint(tmp_path):
     assert [r["epoch"] for r in log] == [0, 1, 2, 3]  # every epoch once
     assert json.loads((Path(cfg.out) / "search.json").read_text())["resumed_from_epoch"] >= 1  # not restarted
     assert (Path(cfg.out) / "search" / "arch.json").exists()
+
+
+@pytest.mark.slow
+def test_a_missed_prediction_is_retimed_refitted_and_reported_in_two_rounds(tmp_path):
+    """The closed loop: a model that predicts the found network 3x too slow (made so here by
+    scaling the saved model) is caught, the network re-timed, the model refitted with it."""
+    cfg = _cfg(tmp_path, loss="abs", target_speedup=1.1, calibrate=4)
+    run(cfg, until="search")
+    out = Path(cfg.out)
+    pred_file, search_file = out / "latency-predictor.json", out / "search.json"
+    p = json.loads(pred_file.read_text())
+    p["network_scale"] = 3 * p.get("network_scale", 1.0)
+    p["overhead_ms"] = 3 * p["overhead_ms"]
+    pred_file.write_text(json.dumps(p))
+    s = json.loads(search_file.read_text())
+    s["predicted_ms"] *= 3
+    search_file.write_text(json.dumps(s))
+
+    summ = run(cfg)
+    m = json.loads((out / "measure.json").read_text())
+    r1, r2 = m["rounds"]
+    assert r1["retimed"] and r1["error"] > 1.0 and r1["first_measured_ms"] > 0
+    assert abs(r2["error"]) < abs(r1["error"]) / 4  # the refit, on real timings, fixed the model
+    assert (out / "latency-predictor-round1.json").exists()
+    refit = json.loads(pred_file.read_text())
+    assert refit["meta"]["overhead_from_networks"] == 5  # 4 calibration networks + round 1's
+    assert [r["round"] for r in summ["rounds"]] == [1, 2]
+    assert summ["measured_ms"] == r2["measured_ms"] and summ["blocks"] == r2["blocks"]
+    assert "Closed loop" in (out / "report.html").read_text()
