@@ -89,7 +89,8 @@ def test_installed_wheel_runs_and_ships_the_device_scripts(installed, tmp_path):
         assert path.read_text() == (ROOT / "device_scripts" / name).read_text(), f"{name} differs from device_scripts/"
 
     # the console script the wheel declares, and the same command through the module
-    for cmd in ([str(site / "bin" / "hwnas"), "spaces", "--json"], [sys.executable, "-m", "hwnas.cli", "spaces", "--json"]):
+    for cmd in ([str(site / "bin" / "hwnas"), "spaces", "--json"],
+                [sys.executable, "-m", "hwnas.cli", "spaces", "--json"]):
         p = _run(site, tmp_path, *cmd)
         assert p.returncode == 0, f"{cmd}: {p.stderr}"
         names = {s["name"] for s in json.loads(p.stdout)}
