@@ -70,6 +70,7 @@ def _run(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_wheel_build_prints_no_warnings(installed):
     _, output = installed
+    # setuptools' warnings are Python warning classes (BuildBackendWarning, SetuptoolsDeprecationWarning)
     assert "Warning" not in output, f"the wheel build warned:\n{output}"
 
 
