@@ -39,8 +39,12 @@ def redirect_output(log_path: str | None) -> None:
     os.close(fd)
 
 
-def serve(conn, cores: list[int], threads: int, log_path: str | None = None) -> None:
-    """Entry point of the worker process."""
+def serve(conn, cores: list[int], threads: int, log_path: str | None = None, parent_pid: int | None = None) -> None:
+    """Entry point of the worker process; it ends with `parent_pid` (the harness) if given."""
+    if parent_pid is not None:
+        from profiler._proc import die_with_parent
+
+        die_with_parent(parent_pid)  # a worker stuck in a hung block would outlive a killed harness
     redirect_output(log_path)
     _configure(cores, threads)
     while True:
@@ -201,8 +205,9 @@ class TimingWorker:
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=serve, args=(child, self.cores, self.threads, self.log_path), daemon=True,
-                                       name="hwnas-timing")
+        # daemon=True ends it when the harness exits normally; parent_pid covers a killed harness
+        self._proc = self._ctx.Process(target=serve, args=(child, self.cores, self.threads, self.log_path, os.getpid()),
+                                       daemon=True, name="hwnas-timing")
         self._proc.start()
         child.close()
         self._conn = parent

@@ -83,9 +83,11 @@ def compile_model(backend: str, model_text: str, target: str, options: dict[str,
     return art.to_dict()
 
 
-def _init_compile_worker(log_path: str | None) -> None:
+def _init_compile_worker(log_path: str | None, parent_pid: int) -> None:
+    from profiler._proc import die_with_parent
     from profiler._worker import redirect_output
 
+    die_with_parent(parent_pid)  # a killed harness must not leave ~400 MB compilers behind
     redirect_output(log_path)
     # compile workers are low priority: they never share a core with a running timing worker
     # (compilation and timing do not overlap), but keep the machine responsive
@@ -128,7 +130,8 @@ def _pool_run(backend: str, models: list[Any], target: str, options: dict[str, A
     broken = []
     text = {m: (m.to_json() if hasattr(m, "blocks") else m.key) for m in models}
     with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(models))), mp_context=mp.get_context("spawn"),
-                             initializer=_init_compile_worker, initargs=(log_path(cache, "compile"),)) as pool:
+                             initializer=_init_compile_worker,
+                             initargs=(log_path(cache, "compile"), os.getpid())) as pool:
         futs = {pool.submit(compile_model, backend, text[m], target, options, str(cache)): m for m in models}
         try:
             for fut in as_completed(futs):

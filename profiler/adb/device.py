@@ -32,6 +32,7 @@ import secrets
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +43,11 @@ from .transport import AdbCommandError, AdbConnectionError, AdbError, AdbTimeout
 
 log = logging.getLogger(__name__)
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "device_scripts"
+# The scripts ship inside the package (profiler/device_scripts, in a source tree a symlink to the
+# top-level device_scripts/ folder, so a wheel, an editable install and a checkout on PYTHONPATH all
+# find the same files). The package is installed as plain files, so this is a real path that
+# `push` can open.
+SCRIPTS_DIR = resources.files("profiler") / "device_scripts"
 SCRIPTS = ("info.sh", "bench.sh", "prepare.sh")
 DEFAULT_BASE = "/data/local/tmp/hwnas"
 

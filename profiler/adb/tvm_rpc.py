@@ -23,11 +23,13 @@ Users of TVM's Android RPC app skip all this: start the app against a tracker an
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 import socket
 import time
 from typing import Any
 
+from profiler._proc import die_with_parent
 from profiler.devices import DeviceError
 
 from .transport import AdbError, AdbServerTransport
@@ -49,6 +51,24 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
         return False
+
+
+def _start_tracker():
+    """A TVM RPC tracker on loopback, in a child process that ends with this one.
+
+    TVM runs the tracker in a ``tvm.exec.popen_worker`` child whose server thread keeps it alive
+    after its parent is killed (about 490 MB under pid 1), so the child is told to die with us.
+    """
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=_free_port(), port_end=65000, silent=True)
+    try:
+        tracker.proc.send(die_with_parent, [os.getpid()])
+        tracker.proc.recv()
+    except BaseException:
+        tracker.terminate()
+        raise
+    return tracker
 
 
 class PhoneRpcServer:
@@ -88,9 +108,7 @@ class PhoneRpcServer:
             t_host, t_port = host, int(port)
             phone_tracker = f"{t_host}:{t_port}"
         else:
-            from tvm.rpc.tracker import Tracker
-
-            self._tracker = Tracker(host="127.0.0.1", port=_free_port(), port_end=65000, silent=True)
+            self._tracker = _start_tracker()
             t_host, t_port = "127.0.0.1", self._tracker.port
             phone_tracker = f"127.0.0.1:{t_port}"
         adb_host = self.phone.serial.rsplit(":", 1)[0] if ":" in self.phone.serial else ""
