@@ -155,7 +155,32 @@ def load_config(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(d) - known)
     if unknown:
         raise RunError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return d
+    return {k: _typed(k, v, str(path)) for k, v in d.items()}
+
+
+def _typed(name: str, value: Any, where: str) -> Any:
+    """A config file's value as the option's type (YAML reads ``5`` as int where a float is wanted);
+    raise `RunError` naming the option where it is not of that type."""
+    kind = {f.name: str(f.type) for f in fields(RunConfig)}[name]
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise RunError(f"{where}: {name} needs a value")
+    want = "list" if kind.startswith("list") else kind.split("|")[0].strip()
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "bool": isinstance(value, bool), "str": isinstance(value, str),
+          "list": isinstance(value, (list, str))}[want]
+    if not ok:
+        shown = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text",
+                 "list": "a list or a comma-separated text"}[want]
+        raise RunError(f"{where}: {name} is {value!r}; give {shown}")
+    if want == "float":
+        return float(value)
+    if want == "list" and not isinstance(value, str):
+        return [str(v) for v in value]
+    return value
 
 
 # ---- progress ------------------------------------------------------------------------------------

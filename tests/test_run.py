@@ -53,10 +53,18 @@ def test_config_file_is_read_safely_and_checked(tmp_path):
     (["run", "--out", "{tmp}/r", "--target-speedup", "0"], "give a positive factor"),
     (["run", "--out", "{tmp}/r", "--loss", "abs"], "needs --target-ms (ms) or --target-speedup"),
     (["report", "{tmp}"], "not a run folder"),
+    (["run", "--out", "{tmp}/r", "--target-ms", "inf"], "give a finite number"),
+    (["run", "--out", "{tmp}/r", "--target-ms", "nan"], "give a positive latency"),
+    (["run", "--out", "{tmp}/r", "--target-ms", "2", "--space", "nosuch"], "unknown search space"),
+    (["run", "--out", "{tmp}/r", "--target-ms", "2", "--data", "nosuch"], "neither a named data set"),
+    (["run", "--out", "{tmp}/r", "--target-ms", "2", "--baseline", "k9e9"], "no kernel 9 expand 9"),
+    (["run", "--out", "{tmp}/r", "--config", "{tmp}/typed.yaml"], "search_epochs is 'many'; give a whole number"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "typed.yaml").write_text("target_ms: 2\nsearch_epochs: many\n")
     code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
     err = capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything was created
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
 
