@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 from predictor import fit_predictor, metrics  # noqa: E402
 from predictor.evaluate import Evaluation, cross_validate, plot  # noqa: E402
 from predictor.lut import Entry  # noqa: E402
-from predictor._metrics import fold_indices  # noqa: E402
+from predictor import fold_indices  # noqa: E402
 from predictor.network import fit_overhead, fit_refined  # noqa: E402
 from profiler import TimingProtocol, profile  # noqa: E402
 from profiler.blocks import flops  # noqa: E402

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from profiler.blocks import KINDS, BlockSpec, _se_channels, flops
+from profiler.blocks import KINDS, BlockSpec, se_channels, flops
 
 __all__ = ["FEATURE_VERSION", "FEATURE_NAMES", "features", "block_params", "block_bytes"]
 
@@ -66,7 +66,7 @@ def block_params(spec: BlockSpec) -> int:
             n += spec.in_c * mid // g + mid
         n += mid * spec.kernel * spec.kernel + mid
         if spec.se:
-            red = _se_channels(mid)
+            red = se_channels(mid)
             n += mid * red + red + red * mid + mid
         n += mid * spec.out_c // g + spec.out_c
         return n

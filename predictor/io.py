@@ -20,7 +20,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -305,7 +305,3 @@ def read_networks(path: str | Path) -> tuple[list[list[BlockSpec]], np.ndarray]:
     if not nets:
         raise PredictorError(f"{path}: no network rows")
     return nets, np.asarray(ys)
-
-
-def sequences_of(nets: Sequence[Sequence[BlockSpec]]) -> list[list[str]]:
-    return [[b.key for b in n] for n in nets]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -53,14 +53,6 @@ class LookupTable(Predictor):
         self.overhead_ms = float(overhead_ms)
         self.meta = dict(meta or {})
         self.source = source
-
-    @classmethod
-    def from_rows(cls, keys: Iterable[str], mean_ms: Iterable[float], counts: Iterable[int] | None = None,
-                  var_ms2: Iterable[float] | None = None, **kw: Any) -> "LookupTable":
-        keys, means = list(keys), list(mean_ms)
-        counts = list(counts) if counts is not None else [0] * len(keys)
-        var = list(var_ms2) if var_ms2 is not None else [0.0] * len(keys)
-        return cls({k: Entry(float(m), int(c), float(v)) for k, m, c, v in zip(keys, means, counts, var)}, **kw)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -133,10 +125,6 @@ class HybridPredictor(Predictor):
         if miss:
             out[miss] = self.regression._predict_nonzero([blocks[i] for i in miss])
         return out
-
-    def from_table(self, blocks: Sequence[BlockSpec]) -> np.ndarray:
-        """Which blocks the table answers (bool per block; the zero op counts as answered)."""
-        return np.array([b.kind == "zero" or b.key in self.table.entries for b in blocks], dtype=bool)
 
     def sources(self, blocks: Sequence[BlockSpec]) -> list[str]:
         """Where each block's latency comes from (`SOURCES`), the choice `predict_ms` makes: ``table``

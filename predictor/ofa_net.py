@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from predictor._base import PredictorError
-from profiler.blocks import ArchSpec, BlockKeyError, BlockSpec, _out_size
+from profiler.blocks import ArchSpec, BlockKeyError, BlockSpec, out_size
 
 __all__ = ["read_ofa_net", "ofa_net_to_arch", "NETWORK_CLASSES"]
 
@@ -230,7 +230,7 @@ def _block(blk: Any, i: int, hw: int, c: int, ofa_keys: bool, source: str) -> tu
     if residual and (stride != 1 or in_c != out_c):
         raise PredictorError(f"{where}: an IdentityLayer shortcut needs stride 1 and equal in/out channels "
                              f"(here stride {stride}, {in_c} -> {out_c})")
-    o = _out_size(hw, stride)
+    o = out_size(hw, stride)
     spec = BlockSpec("mbconv", hw, hw, in_c, o, o, out_c, kernel=kernel, stride=stride, mid_c=mid,
                      residual=residual, se=se, hs=hs, ofa=ofa_keys or mid % in_c != 0)
     return spec, field

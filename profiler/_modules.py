@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from profiler.blocks import BlockSpec, _se_channels
+from profiler.blocks import BlockSpec, se_channels
 
 
 def _act(hs: bool) -> nn.Module:
@@ -28,7 +28,7 @@ class ConvBNAct(nn.Sequential):
 class SqueezeExcite(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        red = _se_channels(channels)
+        red = se_channels(channels)
         self.reduce = nn.Conv2d(channels, red, 1)
         self.expand = nn.Conv2d(red, channels, 1)
         self.act = nn.ReLU()

@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
-__all__ = ["BlockSpec", "ArchSpec", "BlockKeyError", "KINDS"]
+__all__ = ["BlockSpec", "ArchSpec", "BlockKeyError", "KINDS", "flops", "out_size", "se_channels", "unique"]
 
 
 class BlockKeyError(ValueError):
@@ -35,8 +35,8 @@ KINDS = {
 _NAME_TO_KIND = {v: k for k, v in KINDS.items()}
 
 
-def _out_size(size: int, stride: int) -> int:
-    # 'same' padding with an odd kernel: ceil(size / stride)
+def out_size(size: int, stride: int) -> int:
+    """Output height or width of a 'same'-padded convolution with an odd kernel: ceil(size / stride)."""
     return (size + stride - 1) // stride
 
 
@@ -111,7 +111,7 @@ class BlockSpec:
     def _check_shapes(self) -> None:
         name = KINDS[self.kind]
         if self.kind in ("conv", "mbconv", "final_conv", "pooled_conv"):
-            want = (_out_size(self.in_h, self.stride), _out_size(self.in_w, self.stride))
+            want = (out_size(self.in_h, self.stride), out_size(self.in_w, self.stride))
             if (self.out_h, self.out_w) != want:
                 raise BlockKeyError(
                     f"{name}: input {self.in_h}x{self.in_w} with stride {self.stride} gives "
@@ -137,7 +137,7 @@ class BlockSpec:
     # ---- constructors -------------------------------------------------------------------
     @classmethod
     def conv(cls, hw: int, in_c: int, out_c: int, kernel: int = 3, stride: int = 1, hs: bool = False) -> "BlockSpec":
-        o = _out_size(hw, stride)
+        o = out_size(hw, stride)
         return cls("conv", hw, hw, in_c, o, o, out_c, kernel=kernel, stride=stride, hs=hs)
 
     @classmethod
@@ -145,7 +145,7 @@ class BlockSpec:
                residual: bool | None = None, se: bool = False, hs: bool = False, groups: int = 1,
                ofa: bool = False) -> "BlockSpec":
         """`expand` is the ratio; `residual=None` means: a skip wherever shapes allow it."""
-        o = _out_size(hw, stride)
+        o = out_size(hw, stride)
         if residual is None:
             residual = stride == 1 and in_c == out_c
         return cls("mbconv", hw, hw, in_c, o, o, out_c, kernel=kernel, stride=stride,
@@ -409,7 +409,7 @@ def flops(spec: BlockSpec) -> int:
             macs += spec.in_h * spec.in_w * spec.in_c * mid // g
         macs += ho * wo * mid * spec.kernel * spec.kernel
         if spec.se:
-            red = _se_channels(mid)
+            red = se_channels(mid)
             macs += 2 * mid * red
         macs += ho * wo * mid * spec.out_c // g
     elif spec.kind == "logits":
@@ -419,6 +419,7 @@ def flops(spec: BlockSpec) -> int:
     return 2 * int(macs)
 
 
-def _se_channels(mid: int) -> int:
-    # MobileNetV3 / OFA: reduction 4, rounded to a multiple of 8
+def se_channels(mid: int) -> int:
+    """Squeeze-excite bottleneck channels of a block with ``mid`` middle channels (MobileNetV3 / OFA:
+    reduction 4, rounded up to a multiple of 8)."""
     return max(8, int(math.ceil(mid / 4 / 8) * 8))

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from profiler.blocks import ArchSpec, BlockSpec, _out_size, unique
+from profiler.blocks import ArchSpec, BlockSpec, out_size, unique
 
 __all__ = ["SearchSpace", "Layer", "load_space", "list_spaces", "parse_op", "SpaceError"]
 
@@ -210,7 +210,7 @@ def _build(name: str, d: dict[str, Any]) -> SearchSpace:
             if allow_zero and s == 1 and c == width:
                 cands.append(BlockSpec.zero(hw, c))
             layers.append(Layer(tuple(cands), True))
-            hw, c = _out_size(hw, s), width
+            hw, c = out_size(hw, s), width
     fc = int(d["final_conv"])
     layers.append(Layer((BlockSpec.final_conv(hw, c, fc),), False))
     classes = int(d["classes"])

@@ -15,7 +15,7 @@ HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def register(sub) -> None:
-    from predictor._fit import MODELS
+    from predictor import MODELS
     from predictor.network import NETWORK_MODELS
 
     p = sub.add_parser("fit", help="fit a latency predictor to measured blocks or networks", formatter_class=HELP_FMT,
