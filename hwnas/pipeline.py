@@ -66,6 +66,7 @@ class RunConfig:
     arch_every: int = 1  # weight steps per architecture step (ProxylessNAS: 5, over 100+ epochs)
     search_lr: float = 0.05  # initial weight learning rate of the supernet (SGD, cosine to 0)
     train_epochs: int = 4  # epochs to train each network from scratch (found and baseline)
+    seeds: int = 2  # trainings of each network (seeds seed, seed+1, ...): their spread says what "as accurate" means
     batch_size: int = 64  # images per step
     baseline: list[str] = field(default_factory=lambda: ["k3e3", "k3e6", "k5e6"])  # uniform family
     limit: int | None = None  # use only this many images of the data set
@@ -110,7 +111,7 @@ class RunConfig:
                            "or use --loss add")
         if not self.lat_temperature > 0:
             raise RunError("--lat-temperature must be positive")
-        for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every"):
+        for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every", "seeds"):
             if getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1")
         if self.calibrate < 0 or self.warmup_epochs < 0 or self.warmup_epochs >= self.search_epochs:
@@ -433,18 +434,36 @@ def _arch(run: Run):
 
 
 def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> dict[str, Any]:
+    """Train ``arch`` from scratch with each of the run's seeds: the first seed's result (its weights
+    are the ones exported) with ``test_acc`` the mean over seeds and ``test_acc_seeds`` each one."""
     from search.train import train_arch
 
-    try:
-        return train_arch(arch, cfg.data, out, epochs=cfg.train_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                          limit=cfg.limit, threads=_train_threads(cfg), progress=progress)
-    except ValueError as e:
-        raise RunError(str(e)) from None
+    runs = []
+    for k in range(cfg.seeds):
+        # each seed's result is kept in its own folder: a kill between seeds loses one training at most
+        folder = out if k == 0 else out / f"seed{cfg.seed + k}"
+        done = folder / "result.json"
+        if done.exists():
+            from hwnas.rundir import read_json
+
+            runs.append(read_json(done))
+            continue
+        try:
+            r = train_arch(arch, cfg.data, folder, epochs=cfg.train_epochs, batch_size=cfg.batch_size,
+                           seed=cfg.seed + k, limit=cfg.limit, threads=_train_threads(cfg), progress=progress)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        write_json(done, r)
+        runs.append(r)
+    accs = [float(r["test_acc"]) for r in runs]
+    return dict(runs[0], test_acc=float(np.mean(accs)), test_acc_seeds=accs,
+                seeds=[cfg.seed + k for k in range(cfg.seeds)])
 
 
 def stage_train(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
     r = _train(cfg, _arch(run), run.dir / "train", progress)
-    return r, f"test accuracy {r['test_acc']:.4f} after {r['epochs']} epochs"
+    each = "" if len(r["test_acc_seeds"]) == 1 else f" (seeds: {', '.join(f'{a:.4f}' for a in r['test_acc_seeds'])})"
+    return r, f"test accuracy {r['test_acc']:.4f}{each} after {r['epochs']} epochs"
 
 
 def stage_export(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
@@ -587,6 +606,7 @@ def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[s
         got = _measured(cfg, [arch.key], "network")
         predicted = float(pred.predict_network_ms(arch))
         m = {"op": op, "key": arch.key, "blocks": arch.keys, "test_acc": tr["test_acc"],
+             "test_acc_seeds": tr["test_acc_seeds"],
              "predicted_ms": predicted, "in_calibrated_range": _in_range(predicted, rng),
              "measured_ms": got[arch.key]["median_ms"] if arch.key in got else None,
              "error": None if arch.key in got else _failures(cfg, [arch.key], "network").get(arch.key, "not measured")}

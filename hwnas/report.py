@@ -287,15 +287,67 @@ def summary(run: Path) -> dict[str, Any]:
         if pred.get("networks"):
             s["predictor"]["networks_loo"] = pred["networks"]["metrics_loo"]
     if base:
-        s["baseline"] = [{k: b.get(k) for k in ("op", "measured_ms", "predicted_ms", "test_acc")} for b in base["members"]]
-        # the fastest uniform member at least as accurate as the found network (if any): the speed-up at equal accuracy
+        s["baseline"] = [{k: b.get(k) for k in ("op", "measured_ms", "predicted_ms", "test_acc", "test_acc_seeds")}
+                         for b in base["members"]]
         if measure and train:
-            peers = [b for b in base["members"] if b.get("measured_ms") and b["test_acc"] >= train["test_acc"] - 0.005]
-            if peers:
-                best = min(peers, key=lambda b: b["measured_ms"])
-                s["speedup_vs_uniform_at_equal_accuracy"] = {"member": best["op"],
-                                                             "ratio": best["measured_ms"] / measure["measured_ms"]}
+            s["comparison"] = compare(
+                {"acc": train["test_acc"], "accs": train.get("test_acc_seeds") or [train["test_acc"]],
+                 "ms": measure["measured_ms"]},
+                [{"op": b["op"], "acc": b["test_acc"], "accs": b.get("test_acc_seeds") or [b["test_acc"]],
+                  "ms": b["measured_ms"]} for b in base["members"] if b.get("measured_ms")])
+            c = s["comparison"]
+            s["speedup_vs_uniform_at_equal_accuracy"] = (
+                {"member": c["peer"], "ratio": c["speedup"]} if c.get("speedup") is not None else None)
     return s
+
+
+def compare(found: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
+    """The found network against the uniform family, honestly.
+
+    ``found`` and each member: ``acc`` (mean test accuracy over seeds), ``accs`` (each seed's) and
+    ``ms`` (measured latency). Two networks count as equally accurate where their accuracies differ
+    by no more than the seed-to-seed spread (the largest difference between two seeds of one
+    network); with one seed per network there is no spread and no claim of equal accuracy.
+    """
+    spreads = [max(a) - min(a) for a in [found["accs"]] + [m["accs"] for m in members] if len(a) > 1]
+    out: dict[str, Any] = {"seed_spread": max(spreads) if spreads else None, "peer": None, "speedup": None}
+    if not members:
+        return dict(out, verdict="no uniform network was measured")
+    tol = out["seed_spread"]
+    if tol is None:
+        return dict(out, verdict="one training per network: the seed-to-seed spread is unknown, so no two "
+                                 "accuracies are called equal (give --seeds 2)")
+    accs = [found["acc"]] + [m["acc"] for m in members]
+    fastest = min(members, key=lambda m: m["ms"])
+    pts = f"{100 * tol:.2f} points"
+    peers = [m for m in members if abs(m["acc"] - found["acc"]) <= tol]  # as accurate, within the spread
+    better = [m for m in members if m["acc"] > found["acc"] + tol]  # clearly more accurate
+    dominated = [m["op"] for m in better if m["ms"] <= found["ms"]]  # ... and no slower
+    out.update(on_pareto_front=not dominated, dominated_by=dominated, more_accurate=[m["op"] for m in better],
+               all_equally_accurate=max(accs) - min(accs) <= tol)
+    if peers:
+        best = min(peers, key=lambda m: m["ms"])
+        out.update(peer=best["op"], speedup=best["ms"] / found["ms"])
+    if out["all_equally_accurate"]:
+        who = (f"the found network is the fastest ({fastest['ms'] / found['ms']:.2f}x the speed of uniform "
+               f"{fastest['op']})" if found["ms"] <= fastest["ms"]
+               else f"uniform {fastest['op']} is faster than the found network")
+        out["verdict"] = f"every network scores the same within the seed spread ({pts}): the fastest is the right " \
+                         f"answer, and {who}"
+    elif dominated:
+        out["verdict"] = (f"a loss: uniform {', '.join(dominated)} is no slower and more accurate by more than the "
+                          f"seed spread ({pts})")
+    elif better:
+        out["verdict"] = (f"a trade, not a win: faster than uniform {', '.join(m['op'] for m in better)} but less "
+                          f"accurate by more than the seed spread ({pts})"
+                          + (f"; {out['speedup']:.2f}x the speed of uniform {out['peer']}, as accurate"
+                             if out["speedup"] is not None else ""))
+    elif out["speedup"] is not None:
+        out["verdict"] = (f"{out['speedup']:.2f}x faster than uniform {out['peer']}, the fastest uniform network as "
+                          f"accurate within the seed spread ({pts}); none is more accurate")
+    else:
+        out["verdict"] = f"more accurate than every uniform network by more than the seed spread ({pts})"
+    return out
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
@@ -394,10 +446,9 @@ def _headline(ctx: _Context, r: Run) -> list[str]:
         lo, hi = measure["calibrated_range_ms"]
         out.append(f"<p class='bad'>The found network's prediction lies outside the latencies the network model "
                    f"was fitted on ({lo:.4g}–{hi:.4g} ms): there it extrapolates.</p>")
-    sp = summary(ctx.run).get("speedup_vs_uniform_at_equal_accuracy")
-    if sp:
-        out.append(f"<p>Against the fastest uniform network at least as accurate ({html.escape(sp['member'])}): "
-                   f"<b>{sp['ratio']:.2f}x</b> the speed.</p>")
+    comp = summary(ctx.run).get("comparison")
+    if comp:
+        out.append(f"<p>Against the uniform family: <b>{html.escape(comp['verdict'])}</b>.</p>")
     return out
 
 

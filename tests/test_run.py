@@ -218,8 +218,8 @@ def test_a_missed_prediction_is_retimed_refitted_and_reported_in_two_rounds(tmp_
     summ = run(cfg)
     m = json.loads((out / "measure.json").read_text())
     r1, r2 = m["rounds"]
-    assert r1["retimed"] and r1["error"] > 1.0 and r1["first_measured_ms"] > 0
-    assert abs(r2["error"]) < abs(r1["error"]) / 4  # the refit, on real timings, fixed the model
+    assert r1["retimed"] and r1["error"] > 0.3 and r1["first_measured_ms"] > 0
+    assert abs(r2["error"]) < abs(r1["error"]) / 2  # the refit, on real timings, mended the model
     assert (out / "latency-predictor-round1.json").exists()
     refit = json.loads(pred_file.read_text())
     assert refit["meta"]["overhead_from_networks"] == 5  # 4 calibration networks + round 1's

@@ -37,6 +37,8 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "arch_every": (int, "weight steps per architecture step (count)"),
     "search_lr": (float, "initial weight learning rate of the supernet (SGD, cosine to 0)"),
     "train_epochs": (int, "epochs to train the found network and each baseline from scratch (count)"),
+    "seeds": (int, "trainings of each network from scratch, with seeds seed, seed+1, ... (count); their spread "
+                   "decides which networks count as equally accurate"),
     "batch_size": (int, "images per step (count)"),
     "limit": (int, "use only this many images of the data set (count)"),
     "seed": (int, "seed of everything random (sampling, weights, splits, random networks)"),

@@ -1,0 +1,42 @@
+"""The report's verdict on the found network against the uniform family: equal accuracy means
+within the measured seed-to-seed spread, and nothing else."""
+
+import pytest
+
+from hwnas.report import compare
+
+K3E3 = {"op": "k3e3", "acc": 0.984, "accs": [0.984, 0.981], "ms": 0.183}
+K5E6 = {"op": "k5e6", "acc": 0.981, "accs": [0.980, 0.982], "ms": 0.388}
+
+
+def net(acc, ms, accs=None):
+    return {"acc": acc, "accs": accs or [acc, acc], "ms": ms}
+
+
+def test_faster_but_clearly_less_accurate_is_a_trade():
+    c = compare(net(0.968, 0.1416, [0.968, 0.965]), [K3E3, K5E6])
+    assert c["seed_spread"] == pytest.approx(0.003)
+    assert c["verdict"].startswith("a trade") and c["speedup"] is None and c["on_pareto_front"]
+    assert c["more_accurate"] == ["k3e3", "k5e6"]
+
+
+def test_equal_within_the_spread_makes_the_fastest_the_answer():
+    c = compare(net(0.982, 0.12), [K3E3, K5E6])
+    assert c["all_equally_accurate"] and "found network is the fastest" in c["verdict"]
+    assert c["speedup"] == pytest.approx(0.183 / 0.12) and c["peer"] == "k3e3"
+
+
+def test_a_faster_and_more_accurate_baseline_is_a_loss():
+    c = compare(net(0.95, 0.5), [K3E3, K5E6])
+    assert c["verdict"].startswith("a loss") and not c["on_pareto_front"] and c["dominated_by"] == ["k3e3", "k5e6"]
+
+
+def test_speedup_against_an_equally_accurate_member_when_none_is_better():
+    slow = {"op": "k7e6", "acc": 0.975, "accs": [0.975, 0.973], "ms": 0.6}
+    c = compare(net(0.976, 0.2, [0.976, 0.975]), [slow, {"op": "k3e3", "acc": 0.95, "accs": [0.95, 0.95], "ms": 0.15}])
+    assert c["peer"] == "k7e6" and c["speedup"] == pytest.approx(3.0) and "none is more accurate" in c["verdict"]
+
+
+def test_one_seed_claims_nothing():
+    c = compare({"acc": 0.99, "accs": [0.99], "ms": 0.1}, [{"op": "k3e3", "acc": 0.98, "accs": [0.98], "ms": 0.2}])
+    assert c["seed_spread"] is None and c["speedup"] is None and "--seeds 2" in c["verdict"]
