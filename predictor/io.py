@@ -215,19 +215,14 @@ def _predictor_from_dict(d: dict[str, Any], source: str) -> Predictor:
 
 # ---- training rows ---------------------------------------------------------------------------------
 
-def store_rows(db: str | Path, device: str | None = "local", backend: str | None = "executorch",
-               threads: int | None = None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """Measured blocks of one configuration from a store: (keys, median ms, metadata).
-
-    Failures and network rows are left out. Raises `PredictorError` when nothing matches or when the
-    rows mix configurations (devices, thread counts, core sets) that must not share one predictor.
-    """
-    from profiler.store import Store
+def _store_frame(db: str | Path, device: str | None, backend: str | None, threads: int | None):
+    """The latest measured block rows of one configuration in a store (DataFrame) and their metadata."""
+    from profiler.store import RowFilter, Store
 
     if not Path(db).exists():
         raise PredictorError(f"{db}: no such store; profile first (`hwnas profile --db {db} ...`)")
     with Store(db, create=False) as st:
-        df = st.dataframe(status="ok", device=device, backend=backend, threads=threads, kind="block")
+        df = st.latest(RowFilter(device=device, backend=backend, threads=threads, kind="block"), status="ok")
     if df.empty:
         raise PredictorError(f"{db}: no measured blocks for backend {backend!r} on device {device!r}"
                              + (f" with {threads} thread(s)" if threads else ""))
@@ -238,20 +233,26 @@ def store_rows(db: str | Path, device: str | None = "local", backend: str | None
     r0 = df.iloc[0]
     meta = {"source": str(db), "device": r0.device, "device_id": r0.device_id, "backend": r0.backend,
             "target": r0.target, "threads": int(r0.threads), "cores": r0.cores, "statistic": "median_ms"}
+    return df, meta
+
+
+def store_rows(db: str | Path, device: str | None = "local", backend: str | None = "executorch",
+               threads: int | None = None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """Measured blocks of one configuration from a store: (keys, median ms, metadata).
+
+    Failures and network rows are left out. Raises `PredictorError` when nothing matches or when the
+    rows mix configurations (devices, thread counts, core sets) that must not share one predictor.
+    """
+    df, meta = _store_frame(db, device, backend, threads)
     return list(df.block_key), df.median_ms.to_numpy(dtype=float), meta
 
 
-def store_entries(db: str | Path, **where: Any) -> tuple[dict[str, Entry], dict[str, Any]]:
+def store_entries(db: str | Path, device: str | None = "local", backend: str | None = "executorch",
+                  threads: int | None = None) -> tuple[dict[str, Entry], dict[str, Any]]:
     """Like `store_rows`, as lookup-table entries (median ms, sample count, variance ms^2)."""
-    keys, y, meta = store_rows(db, **where)
-    from profiler.store import Store
-
-    with Store(db, create=False) as st:
-        df = st.dataframe(status="ok", device=where.get("device"), backend=where.get("backend"),
-                          threads=where.get("threads"), kind="block")
-    by_key = {r.block_key: r for r in df.itertuples()}
-    entries = {k: Entry(float(m), int(by_key[k].n or 0), float((by_key[k].std_ms or 0.0) ** 2))
-               for k, m in zip(keys, y)}
+    df, meta = _store_frame(db, device, backend, threads)
+    entries = {r.block_key: Entry(float(r.median_ms), int(r.n or 0), float((r.std_ms or 0.0) ** 2))
+               for r in df.itertuples()}
     return entries, meta
 
 

@@ -16,6 +16,10 @@ import time
 import traceback
 from typing import Any
 
+from profiler.timing import MeasureRequest, Peak, TimingReply, WorkerFailed
+
+__all__ = ["TimingWorker", "WorkerFailed", "serve", "redirect_output", "crash_reason"]
+
 # Do not import torch, TVM or ExecuTorch at module level: the worker sets the thread counts
 # in its environment first, and the runtimes read them when they are imported.
 
@@ -187,15 +191,12 @@ def crash_reason(exitcode: int | None, msg: dict[str, Any]) -> str:
     return f"the timing worker died ({how})"
 
 
-class WorkerFailed(RuntimeError):
-    def __init__(self, stage: str, error: str):
-        super().__init__(error)
-        self.stage = stage
-        self.error = error
-
-
 class TimingWorker:
-    """Parent-side handle of the worker process."""
+    """Parent-side handle of the worker process: a `profiler.timing.Timer`.
+
+    `call` is the raw request/reply over the pipe (plain dicts); `measure` and `peak` are the typed
+    timer interface the harness uses.
+    """
 
     def __init__(self, cores: list[int], threads: int, log_path: str | None = None):
         self.cores, self.threads, self.log_path = cores, threads, log_path
@@ -231,6 +232,15 @@ class TimingWorker:
         if not res.get("ok"):
             raise WorkerFailed(res.get("stage", "run"), res.get("error", "unknown error"))
         return res
+
+    def measure(self, request: MeasureRequest, timeout_s: float) -> TimingReply:
+        """Time one artifact in the worker; raise `WorkerFailed` on an error, a crash or a timeout."""
+        return TimingReply.from_dict(self.call(request.to_msg(), timeout_s))
+
+    def peak(self, timeout_s: float) -> Peak:
+        """Peak fp32 GFLOP/s of the worker's cores (a large matrix product)."""
+        r = self.call({"op": "peak"}, timeout_s)
+        return Peak(float(r["gflops"]), str(r["method"]))
 
     def _kill(self) -> None:
         if self._proc is not None:

@@ -15,18 +15,23 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Sequence
 
 from profiler.backends import Artifact, BackendUnavailable, get_backend
 from profiler.blocks import ArchSpec, BlockSpec, flops
 from profiler.compile import compile_many, default_cache_dir, log_path
-from profiler.devices import DeviceError, cpu_model, default_cores, format_cores, local_id, parse_cores, parse_device
+from profiler.devices import (DeviceError, DeviceSpec, cpu_model, default_cores, format_cores, local_id, parse_cores,
+                              parse_device)
 from profiler.measurement import Config, Measurement, TimingProtocol
 from profiler.stats import summarize
 from profiler.store import Store, owner_id
-from profiler._worker import TimingWorker, WorkerFailed
+from profiler.timing import MeasureRequest, Timer, WorkerFailed
+from profiler._worker import TimingWorker
 
-__all__ = ["profile", "ProfileResult", "Progress"]
+if TYPE_CHECKING:
+    from profiler.adb.device import AdbOptions
+
+__all__ = ["profile", "profile_with", "ProfileOptions", "ProfileResult", "Progress", "Session"]
 
 
 class Progress:
@@ -94,8 +99,8 @@ def _opened(store: Store | str | Path):
 
 
 @contextlib.contextmanager
-def _timing_worker(core_list: list[int], config: Config, cache: Path):
-    with _harness_off(core_list), TimingWorker(core_list, config.threads, log_path(cache, "timing")) as worker:
+def _timing_worker(core_list: list[int], threads: int, cache: Path) -> Iterator[Timer]:
+    with _harness_off(core_list), TimingWorker(core_list, threads, log_path(cache, "timing")) as worker:
         yield worker
 
 
@@ -111,6 +116,43 @@ def _flags(env_before: dict, env_after: dict, protocol: TimingProtocol, ncores: 
     if load[0] > ncores + 0.5:
         flags.append("busy")
     return flags
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """Everything a profiling run is asked for, besides the models and the store (see `profile`)."""
+
+    backend: str
+    device: str = "local"
+    threads: int = 1
+    cores: str | None = None
+    protocol: TimingProtocol = field(default_factory=TimingProtocol)
+    jobs: int | None = None
+    cache_dir: str | Path | None = None
+    per_op: bool = False
+    tune_trials: int = 0
+    retry_failed: bool = False
+    retime: bool = False  # measure again even where an ok row is stored; the new row replaces it
+    cross: str | None = None
+    gpu: bool = False
+    adb: "AdbOptions | None" = None
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+
+@dataclass(frozen=True)
+class Session:
+    """What one kind of device gives a run: the configuration its rows are stored under, and the timer
+    (a context manager, entered only once compilation is over)."""
+
+    config: Config
+    timer: ContextManager[Timer]
+    worker_device: str  # the device string the timer loads artifacts for
+    remote: bool  # the timer's cores are not this host's (no peak, no host description in rows)
+    per_op: bool = False
+    tune_trials: int = 0
 
 
 def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store | str | Path,
@@ -147,27 +189,46 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         DeviceError, BackendUnavailable, ValueError: bad device, backend or options (nothing stored).
         DeviceGone: an adb device stayed unreachable mid-run (what was measured is stored).
     """
+    options = ProfileOptions(backend=backend, device=device, threads=threads, cores=cores,
+                             protocol=protocol or TimingProtocol(), jobs=jobs, cache_dir=cache_dir, per_op=per_op,
+                             tune_trials=tune_trials, retry_failed=retry_failed, retime=retime, cross=cross, gpu=gpu,
+                             adb=adb)
+    return profile_with(models, store, options, progress)
+
+
+def profile_with(models: Sequence[BlockSpec | ArchSpec], store: Store | str | Path, options: ProfileOptions,
+                 progress: Progress | None = None) -> ProfileResult:
+    """`profile` with its options in one `ProfileOptions`; same behaviour, same errors."""
     t_run = time.perf_counter()
     progress = progress or Progress()
-    protocol = protocol or TimingProtocol()
-    dev = parse_device(device)
-    if threads < 1:
+    o = options
+    dev = parse_device(o.device)
+    if o.threads < 1:
         raise ValueError("threads must be at least 1")
-    if cross and dev.kind in ("local", "cuda"):
-        raise DeviceError(f"--cross {cross} builds for another device; name it with --device rpc:HOST:PORT/KEY")
-    be = get_backend(backend)
-    if gpu and dev.kind in ("local", "cuda"):
+    if o.cross and dev.kind in ("local", "cuda"):
+        raise DeviceError(f"--cross {o.cross} builds for another device; name it with --device rpc:HOST:PORT/KEY")
+    be = get_backend(o.backend)
+    if o.gpu and dev.kind in ("local", "cuda"):
         raise DeviceError("--gpu is for phones (OpenCL or Vulkan); the host's GPU is --device local:cuda")
-    if gpu and be.name != "tvm" and dev.kind == "rpc":
+    if o.gpu and be.name != "tvm" and dev.kind == "rpc":
         raise BackendUnavailable(f"{dev.spec}: the GPU behind a TVM RPC tracker is timed with --backend tvm")
     if dev.kind == "adb":
-        return _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per_op, retry_failed,
-                            cross, progress, adb, t_run, gpu)
-    core_list = parse_cores(cores) if cores else default_cores(threads)
+        session = _adb_session(dev, be, o, progress)
+    else:
+        session = _host_session(dev, be, o)
+    with session as s, _opened(store) as st:
+        return _run(models, o, s, st, progress, t_run)
+
+
+@contextlib.contextmanager
+def _host_session(dev: DeviceSpec, be, o: ProfileOptions) -> Iterator[Session]:
+    """This host's CPU (local), its CUDA GPU (local:cuda), or a device behind a TVM RPC tracker (rpc):
+    timed by the pinned local worker (which, for rpc, only holds the RPC session)."""
+    core_list = parse_cores(o.cores) if o.cores else default_cores(o.threads)
     if dev.kind == "rpc" and be.name != "tvm":
         raise BackendUnavailable(f"{dev.spec}: only the tvm backend runs through a TVM RPC tracker")
-    target = be.target_for(dev.spec, cross)
-    if gpu:  # rpc + tvm: the phone's GPU through OpenCL
+    target = be.target_for(dev.spec, o.cross)
+    if o.gpu:  # rpc + tvm: the phone's GPU through OpenCL
         from profiler.backends._tvm import PHONE_GPU_TARGET
 
         target = json.dumps(PHONE_GPU_TARGET, sort_keys=True)
@@ -182,13 +243,12 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         device_id = info["id"]
     else:
         device_id = local_id()
-    be.check_options({"tune_trials": tune_trials, "per_op": per_op})
+    be.check_options({"tune_trials": o.tune_trials, "per_op": o.per_op})
     # a remote device's cores are the server's business; the local worker only holds the session
-    config = Config(dev.spec, device_id, backend, target, threads,
-                    "remote" if dev.kind == "rpc" else format_cores(core_list))
-    with _opened(store) as st:
-        return _run(models, be.name, st, config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
-                    retry_failed, progress, t_run, retime=retime)
+    remote = dev.kind == "rpc"
+    config = Config(dev.spec, device_id, be.name, target, o.threads, "remote" if remote else format_cores(core_list))
+    yield Session(config, _timing_worker(core_list, o.threads, o.cache_path), dev.spec, remote, o.per_op,
+                  o.tune_trials)
 
 
 def _phone_gpu(info: dict, api: str, spec: str) -> None:
@@ -200,40 +260,44 @@ def _phone_gpu(info: dict, api: str, spec: str) -> None:
                           f"none was found ({where}); profile its CPU without --gpu")
 
 
-def _profile_adb(models, be, dev, store, threads, protocol, jobs, cache_dir, per_op, retry_failed, cross,
-                 progress: Progress, adb, t_run, gpu: bool = False) -> ProfileResult:
-    """An Android phone: ExecuTorch artifacts timed by the user's executor_runner through bench.sh."""
-    from profiler.adb.device import AdbDevice, AdbOptions, device_id_of
+def _adb_session(dev: DeviceSpec, be, o: ProfileOptions, progress: Progress) -> ContextManager[Session]:
+    """An Android phone: ExecuTorch through the user's executor_runner, or TVM through tvm_rpc."""
+    from profiler.adb.device import AdbOptions
 
-    opts = adb or AdbOptions()
+    opts = o.adb or AdbOptions()
     if be.name == "tvm":
-        return _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir, retry_failed, cross,
-                                progress, opts, t_run, gpu)
+        return _adb_tvm_session(dev, be, o, opts, progress)
     if be.name != "executorch":
         raise BackendUnavailable(f"{dev.spec}: a phone runs the executorch (with --runner) or tvm (with "
                                  f"--tvm-rpc) backend, not {be.name}")
+    return _adb_executorch_session(dev, be, o, opts, progress)
+
+
+@contextlib.contextmanager
+def _adb_executorch_session(dev: DeviceSpec, be, o: ProfileOptions, opts, progress: Progress) -> Iterator[Session]:
+    """ExecuTorch artifacts timed on the phone by the user's executor_runner through bench.sh."""
+    from profiler.adb.device import AdbDevice, device_id_of
+
     if not opts.runner:
         raise DeviceError(f"{dev.spec}: pass --runner PATH, ExecuTorch's executor_runner built for the phone "
                           f"with the Android NDK (docs/phones.md says how)")
-    if threads != 1:
+    if o.threads != 1:
         raise ValueError("on a phone the runner's thread count is set when it is built; use --threads 1")
     phone = AdbDevice(dev.address, opts, on_message=progress.message)
     with phone:
         abi = phone.info["props"].get("abi") or "unknown-abi"
-        target = be.target_for(dev.spec, cross or f"android-{abi}")
-        if gpu:
+        target = be.target_for(dev.spec, o.cross or f"android-{abi}")
+        if o.gpu:
             _phone_gpu(phone.info, "vulkan", dev.spec)
             target = "vulkan" + target[len("xnnpack"):]
-        be.check_options({"tune_trials": 0, "per_op": per_op})
-        config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, threads,
+        be.check_options({"tune_trials": 0, "per_op": o.per_op})
+        config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, o.threads,
                         f"mask:{opts.mask}")
-        with _opened(store) as st:
-            return _run(models, be.name, st, config, [], protocol, jobs, cache_dir, per_op, 0, retry_failed,
-                        progress, t_run, timer=phone)
+        yield Session(config, contextlib.nullcontext(phone), dev.spec, True, o.per_op, 0)
 
 
-def _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir, retry_failed, cross,
-                     progress: Progress, opts, t_run, gpu: bool = False) -> ProfileResult:
+@contextlib.contextmanager
+def _adb_tvm_session(dev: DeviceSpec, be, o: ProfileOptions, opts, progress: Progress) -> Iterator[Session]:
     """TVM on a phone: cross-compiled libraries timed through TVM's RPC server started on it over adb."""
     from profiler.adb.device import AdbDevice, device_id_of
     from profiler.adb.tvm_rpc import PhoneRpcServer
@@ -245,47 +309,45 @@ def _profile_adb_tvm(models, be, dev, store, threads, protocol, jobs, cache_dir,
     phone = AdbDevice(dev.address, dataclasses.replace(opts, runner=None), on_message=progress.message)
     with phone:
         abi = phone.info["props"].get("abi") or ""
+        cross = o.cross
         if cross is None:
             if not abi.startswith("arm64"):
                 raise DeviceError(f"{dev.spec}: ABI {abi or 'unknown'}; TVM builds for arm64-v8a phones here "
                                   f"(--cross host for a device of this host's kind)")
             cross = "aarch64-android"
         target = be.target_for(dev.spec, cross)
-        if gpu:
+        if o.gpu:
             from profiler.backends._tvm import PHONE_GPU_TARGET
 
             _phone_gpu(phone.info, "opencl", dev.spec)
             target = json.dumps(PHONE_GPU_TARGET, sort_keys=True)
-        config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, threads, "remote")
+        config = Config(dev.spec, device_id_of(phone.info, phone.serial), be.name, target, o.threads, "remote")
         core_list = default_cores(1)  # the local worker only holds the RPC session
         with PhoneRpcServer(phone, opts.tvm_rpc, tracker=opts.tracker) as server:
             progress.message(f"tvm_rpc on {dev.spec} registered as {server.device}")
-            with _opened(store) as st:
-                return _run(models, be.name, st, config, core_list, protocol, jobs, cache_dir, False, 0,
-                            retry_failed, progress, t_run, worker_device=server.device)
+            yield Session(config, _timing_worker(core_list, o.threads, o.cache_path), server.device, True, False, 0)
 
 
-def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, cache_dir, per_op, tune_trials,
-         retry_failed, progress: Progress, t_run, timer=None, worker_device: str | None = None,
-         retime: bool = False) -> ProfileResult:
+def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Session, st: Store,
+         progress: Progress, t_run: float) -> ProfileResult:
+    config, protocol = session.config, o.protocol
     uniq = list(dict.fromkeys(models))
     status = st.status_of(config)
-    todo = [m for m in uniq if retime or m.key not in status or (retry_failed and status[m.key] == "failed")]
+    todo = [m for m in uniq if o.retime or m.key not in status or (o.retry_failed and status[m.key] == "failed")]
     res = ProfileResult(config, len(uniq), len(uniq) - len(todo))
-    versions = _versions(backend)
-    options: dict[str, Any] = {}
-    if per_op:
-        options["per_op"] = True
-    if tune_trials:
-        options["tune_trials"] = int(tune_trials)
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    versions = _versions(config.backend)
+    compile_options: dict[str, Any] = {}
+    if session.per_op:
+        compile_options["per_op"] = True
+    if session.tune_trials:
+        compile_options["tune_trials"] = int(session.tune_trials)
+    cache = o.cache_path
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
-    remote = config.device.startswith(("rpc:", "adb:"))
     owner = owner_id()
     host = {"cpu_model": cpu_model(), "machine": platform.machine(), "os": f"{platform.system()} {platform.release()}"}
 
     def record(m: Measurement) -> None:
-        st.put(m, replace=retime and m.status == "ok")
+        st.put(m, replace=o.retime and m.status == "ok")
         (res.measured if m.status == "ok" else res.failed).append(m)
 
     def failure(model, stage: str, error: str, compile_s: float | None = None) -> Measurement:
@@ -309,42 +371,42 @@ def _run(models, backend, st: Store, config: Config, core_list, protocol, jobs, 
             artifacts[model] = art
         progress.advance("compile", model.key)
 
-    compile_many(backend, todo, config.target, options, cache, jobs or len(os.sched_getaffinity(0)), on_compiled)
+    compile_many(config.backend, todo, config.target, compile_options, cache, o.jobs or len(os.sched_getaffinity(0)),
+                 on_compiled)
 
-    # 2. time each artifact in the pinned worker; store each row as soon as it is taken
+    # 2. time each artifact with the session's timer; store each row as soon as it is taken
     progress.phase("measure", len(artifacts))
-    with (contextlib.nullcontext(timer) if timer is not None else _timing_worker(core_list, config, cache)) as worker:
-        if res.peak_gflops is None and not remote:
+    with session.timer as timer:
+        if res.peak_gflops is None and not session.remote:
             try:
-                pk = worker.call({"op": "peak"}, protocol.timeout_s)
-                st.put_peak(config.device_id, config.threads, config.cores, pk["gflops"], pk["method"])
-                res.peak_gflops = pk["gflops"]
+                pk = timer.peak(protocol.timeout_s)
+                st.put_peak(config.device_id, config.threads, config.cores, pk.gflops, pk.method)
+                res.peak_gflops = pk.gflops
             except WorkerFailed as e:
                 progress.message(f"peak GFLOP/s not measured: {e.error}")
         for model in todo:
             art = artifacts.get(model)
             if art is None:
                 continue
-            if not st.claim(config, model.key, owner, protocol.timeout_s + 60, retry_failed, retime):
+            if not st.claim(config, model.key, owner, protocol.timeout_s + 60, o.retry_failed, o.retime):
                 res.skipped += 1  # measured, or being measured, by another process sharing this store
                 progress.advance("measure", model.key)
                 continue
-            msg = {"op": "measure", "artifact": art.to_dict(), "device": worker_device or config.device,
-                   "protocol": protocol.to_dict(), "per_op": per_op}
+            request = MeasureRequest(art, session.worker_device, protocol, session.per_op)
             try:
-                r = worker.call(msg, protocol.timeout_s)
+                r = timer.measure(request, protocol.timeout_s)
             except WorkerFailed as e:
                 record(failure(model, e.stage, e.error, art.compile_s))
             else:
-                stats = summarize(r["samples_ms"])
+                stats = summarize(r.samples_ms)
                 m = Measurement(
                     model.key, config, "ok", kind="network" if isinstance(model, ArchSpec) else "block",
-                    samples_ms=r["samples_ms"], inner_runs=r["inner_runs"], stats=stats.__dict__.copy(),
-                    flops=_flops(model), compile_s=art.compile_s, wall_s=r["wall_s"],
-                    flags=r["flags"] + _flags(r["env_before"], r["env_after"], protocol,
-                                              len(os.sched_getaffinity(0))),
-                    env_before={**r["env_before"], **({} if remote else host), "cores": config.cores, "threads": config.threads},
-                    env_after=r["env_after"], protocol=protocol.to_dict(), versions=versions, per_op=r["per_op"])
+                    samples_ms=r.samples_ms, inner_runs=r.inner_runs, stats=stats.__dict__.copy(),
+                    flops=_flops(model), compile_s=art.compile_s, wall_s=r.wall_s,
+                    flags=r.flags + _flags(r.env_before, r.env_after, protocol, len(os.sched_getaffinity(0))),
+                    env_before={**r.env_before, **({} if session.remote else host), "cores": config.cores,
+                                "threads": config.threads},
+                    env_after=r.env_after, protocol=protocol.to_dict(), versions=versions, per_op=r.per_op)
                 record(m)
             finally:
                 st.release(config, model.key, owner)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import asdict
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
 from profiler.measurement import Config, Measurement
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["Store", "StoreError", "RowFilter", "DISTRUST_FLAGS", "is_trusted"]
 
 APPLICATION_ID = 0x68776E73  # 'hwns'
 SCHEMA_VERSION = 1
@@ -69,6 +69,42 @@ CREATE TABLE IF NOT EXISTS device_peaks (
     PRIMARY KEY (device_id, threads, cores)
 );
 """
+
+
+_IDENT_COLS = ("block_key", "device_id", "backend", "target", "threads", "cores")
+_FILTER_COLS = ("device", "device_id", "backend", "target", "threads", "cores", "kind", "block_key")
+
+#: flags that say a row's numbers were taken under interference or did not settle: such a row is re-timed
+#: by the next `profile`, and readers that fit or search (``trusted_only``) leave it out
+DISTRUST_FLAGS = ("busy", "interference", "unconverged")
+
+
+def is_trusted(status: str, flags: Iterable[str] | None) -> bool:
+    """A measured row none of whose flags is in `DISTRUST_FLAGS`."""
+    return status == "ok" and not set(flags or ()) & set(DISTRUST_FLAGS)
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which rows of the store to read: each field that is not None must match the column of that name."""
+
+    device: str | None = None  # the spec string (local, adb:SERIAL, ...)
+    device_id: str | None = None
+    backend: str | None = None
+    target: str | None = None
+    threads: int | None = None
+    cores: str | None = None
+    kind: str | None = None  # "block" | "network"
+    block_key: str | None = None
+
+    @classmethod
+    def of(cls, config: Config, kind: str | None = None) -> "RowFilter":
+        """Exactly the rows of `config` (the spec string is not part of a configuration's identity)."""
+        return cls(device_id=config.device_id, backend=config.backend, target=config.target,
+                   threads=config.threads, cores=config.cores, kind=kind)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
 
 
 class StoreError(RuntimeError):
@@ -172,25 +208,61 @@ class Store:
                              (device_id, threads, cores)).fetchone()
         return r[0] if r else None
 
-    def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
-
     def dataframe(self, status: str | None = None, **where: Any):
         """All rows as a pandas DataFrame (JSON columns decoded), optionally filtered by column values."""
+        for k in where:
+            if k not in _FILTER_COLS:
+                raise ValueError(f"cannot filter on {k!r}")
+        return self._frame(RowFilter(**where), status=status)
+
+    def latest(self, where: "RowFilter | Config | None" = None, keys: Iterable[str] | None = None,
+               status: str | None = None, trusted_only: bool = False, newest_per_key: bool = False):
+        """The latest row per (configuration, block key) among the rows that match, as a DataFrame.
+
+        Args:
+            where: a `RowFilter` (None fields match anything) or a `Config` (exactly that configuration).
+            keys: only these block keys.
+            status: only rows of this status ("ok" or "failed").
+            trusted_only: only rows whose numbers may be used as they are: status "ok" and none of the
+                `DISTRUST_FLAGS` (see `is_trusted`).
+            newest_per_key: one row per block key (the newest among the matching configurations)
+                instead of one per (configuration, key).
+
+        Returns a DataFrame like `dataframe` (JSON columns decoded, peak_gflops, gflops, peak_share),
+        ordered by row id (oldest first).
+        """
+        if trusted_only and status not in (None, "ok"):
+            raise ValueError("trusted_only selects measured rows; it cannot be combined with status="
+                             f"{status!r}")
+        rf = RowFilter.of(where) if isinstance(where, Config) else (where or RowFilter())
+        return self._frame(rf, keys=keys, status="ok" if trusted_only else status, trusted_only=trusted_only,
+                           latest_by=("block_key",) if newest_per_key else _IDENT_COLS)
+
+    def _frame(self, rf: "RowFilter", keys: Iterable[str] | None = None, status: str | None = None,
+               trusted_only: bool = False, latest_by: tuple[str, ...] | None = None):
         import pandas as pd
 
         clauses, args = [], []
         if status:
             clauses.append("status = ?")
             args.append(status)
-        for k, v in where.items():
-            if v is None:
-                continue
-            if k not in ("device", "device_id", "backend", "target", "threads", "cores", "kind", "block_key"):
-                raise ValueError(f"cannot filter on {k!r}")
+        for k, v in rf.items():
             clauses.append(f"{k} = ?")
             args.append(v)
-        sql = "SELECT * FROM measurements" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
+        if keys is not None:
+            keys = list(keys)
+            clauses.append(f"block_key IN ({', '.join('?' for _ in keys)})")
+            args.extend(keys)
+        if trusted_only:
+            marks = ", ".join("?" for _ in DISTRUST_FLAGS)
+            clauses.append(f"NOT EXISTS (SELECT 1 FROM json_each(COALESCE(flags, '[]')) WHERE value IN ({marks}))")
+            args.extend(DISTRUST_FLAGS)
+        cond = " AND ".join(clauses) if clauses else "1"
+        if latest_by:
+            sql = (f"SELECT * FROM measurements WHERE id IN (SELECT MAX(id) FROM measurements WHERE {cond} "
+                   f"GROUP BY {', '.join(latest_by)}) ORDER BY id")
+        else:
+            sql = f"SELECT * FROM measurements WHERE {cond} ORDER BY id"
         df = pd.read_sql_query(sql, self._db, params=args)
         for c in _JSON_COLS:
             df[c] = df[c].map(lambda s: json.loads(s) if isinstance(s, str) else None)
@@ -290,6 +362,3 @@ def _check_existing(path: Path) -> None:
     if ver > SCHEMA_VERSION:
         raise StoreError(f"{path} was written by a newer hwnas (schema {ver} > {SCHEMA_VERSION}); upgrade hwnas")
 
-
-def rows(ms: Iterable[Measurement]) -> list[dict[str, Any]]:
-    return [asdict(m) for m in ms]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -354,7 +355,7 @@ def cmd_profile(args) -> int:
     from profiler.blocks import BlockSpec
     from profiler.harness import profile
     from profiler.spaces import load_space
-    from profiler.store import Store
+    from profiler.store import RowFilter, Store
 
     if args.threads < 1:
         raise UserError("--threads must be at least 1")
@@ -382,9 +383,7 @@ def cmd_profile(args) -> int:
         if prog:
             prog.stop()
     keys = [b.key for b in blocks]
-    df = store.dataframe(device=res.config.device, backend=res.config.backend, target=res.config.target,
-                         threads=res.config.threads, cores=res.config.cores, device_id=res.config.device_id)
-    df = df[df.block_key.isin(keys)]
+    df = store.latest(dataclasses.replace(RowFilter.of(res.config), device=res.config.device), keys=keys)
     summary = {
         "db": args.db, "device": res.config.device, "device_id": res.config.device_id,
         "backend": res.config.backend, "target": res.config.target, "threads": res.config.threads,

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from profiler.devices import DeviceError
+from profiler.timing import MeasureRequest, Peak, TimingReply, WorkerFailed
 
 from .parsers import BenchOutputError, ParseError, parse_bench, parse_info
 from .transport import AdbCommandError, AdbConnectionError, AdbError, AdbTimeout, open_transport
@@ -105,7 +106,7 @@ def _scripts_hash() -> str:
 
 
 class AdbDevice:
-    """One phone for one profiling run. Use as a context manager; `call` has TimingWorker's contract."""
+    """One phone for one profiling run: a `profiler.timing.Timer`. Use as a context manager."""
 
     def __init__(self, serial: str, options: AdbOptions | None = None,
                  on_message: Callable[[str], None] | None = None,
@@ -252,18 +253,18 @@ class AdbDevice:
         except ParseError as e:  # bench.sh itself failed (exit 2/3: usage, clock) or its record is broken
             raise BenchOutputError(f"{e} (bench.sh exit {code})", "garbage", out) from None
 
-    def call(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Time one artifact (`msg` as for the timing worker); raise WorkerFailed with the reason."""
-        from profiler._worker import WorkerFailed
-        from profiler.backends import Artifact
+    def peak(self, timeout_s: float) -> Peak:
+        """Not measured on a phone (the runner times .pte files only)."""
+        raise WorkerFailed("run", "peak GFLOP/s is not measured on an adb device")
+
+    def measure(self, request: MeasureRequest, timeout_s: float) -> TimingReply:
+        """Time one artifact with the runner through bench.sh; raise WorkerFailed with the reason."""
         from profiler.stats import median_rel_error
 
-        if msg.get("op") != "measure":
-            raise WorkerFailed("run", f"{msg.get('op')!r} is not available on an adb device")
         if not self.runner_remote:
             raise WorkerFailed("run", "no runner: pass --runner PATH (ExecuTorch's executor_runner built for the phone)")
-        art = Artifact.from_dict(msg["artifact"])
-        p = msg["protocol"]
+        art = request.artifact
+        p = request.protocol
         remote = f"{self.work}/{art.key[:40].replace('/', '_')}-{secrets.token_hex(3)}{Path(art.path).suffix}"
         t0 = time.perf_counter()
         deadline = t0 + timeout_s
@@ -277,9 +278,9 @@ class AdbDevice:
                 # probe: one invocation of one execution gives the time per execution
                 _, probe = self._bench(remote, 0, 1, 1, left())
                 per_exec = max(probe["samples_ms"][0], 1e-3)
-                inner = max(1, min(100000, math.ceil(p["min_sample_ms"] / per_exec)))
-                out, b = self._bench(remote, self.opts.warmup, p["min_runs"], inner, left())
-                per_op = self._per_op(art, remote, p["per_op_runs"], left()) if msg.get("per_op") else None
+                inner = max(1, min(100000, math.ceil(p.min_sample_ms / per_exec)))
+                out, b = self._bench(remote, self.opts.warmup, p.min_runs, inner, left())
+                per_op = self._per_op(art, remote, p.per_op_runs, left()) if request.per_op else None
                 return {"bench": b, "inner": inner, "per_op": per_op}
             finally:
                 try:
@@ -303,7 +304,7 @@ class AdbDevice:
         b = r["bench"]
         samples = b["samples_ms"]
         flags = []
-        if len(samples) >= 3 and median_rel_error(samples) > p["target_rel_err"]:
+        if len(samples) >= 3 and median_rel_error(samples) > p.target_rel_err:
             flags.append("unconverged")
         if b["time_source"] != "runner":
             flags.append("wall_clock")
@@ -323,8 +324,8 @@ class AdbDevice:
         before.update({"mask": b["mask"], "mask_source": b["mask_source"], "waited_s": b["waited_s"],
                        "time_source": b["time_source"], "inner": r["inner"],
                        "phone": self.summary(), "prepared": self.prepared})
-        return {"samples_ms": samples, "inner_runs": r["inner"], "env_before": before, "env_after": env("after"),
-                "flags": flags, "per_op": r["per_op"], "wall_s": time.perf_counter() - t0}
+        return TimingReply(samples_ms=samples, inner_runs=r["inner"], env_before=before, env_after=env("after"),
+                           flags=flags, per_op=r["per_op"], wall_s=time.perf_counter() - t0)
 
     def _per_op(self, art, remote: str, runs: int, timeout_s: float) -> list[dict[str, Any]] | None:
         """ETDump of `runs` executions (a runner built with the devtools), analysed by the Inspector."""

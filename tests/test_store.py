@@ -1,0 +1,67 @@
+"""The store's one query, `Store.latest`: filters, latest row per (configuration, key), trusted rows only."""
+
+import pytest
+
+from profiler.measurement import Config, Measurement
+from profiler.store import RowFilter, Store, is_trusted
+from profiler.stats import summarize
+
+A = Config("local", "host/cpu", "executorch", "xnnpack", 1, "1")
+B = Config("local", "host/cpu", "executorch", "xnnpack", 2, "0-1")
+
+
+def _ok(key: str, config: Config, ms: float, flags=()) -> Measurement:
+    samples = [ms, ms * 1.01, ms * 0.99]
+    return Measurement(key, config, "ok", samples_ms=samples, inner_runs=1, stats=summarize(samples).__dict__.copy(),
+                       flags=list(flags))
+
+
+def _failed(key: str, config: Config) -> Measurement:
+    return Measurement(key, config, "failed", stage="run", error="boom")
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "s.db") as st:
+        st.put(_ok("k1", A, 1.0))
+        st.put(_ok("k2", A, 2.0, ["busy"]))
+        st.put(_failed("k3", A))
+        st.put(_ok("k1", B, 0.6))
+        st.put(_ok("k4", A, 4.0, ["freq_drop"]))
+        yield st
+
+
+def test_latest_filters_by_config_keys_and_status(store):
+    df = store.latest(A)
+    assert list(df.block_key) == ["k1", "k2", "k3", "k4"]
+    assert list(store.latest(A, keys=["k3", "k1"]).block_key) == ["k1", "k3"]
+    assert list(store.latest(A, status="failed").block_key) == ["k3"]
+    assert list(store.latest(RowFilter(threads=2)).median_ms) == [pytest.approx(0.6)]
+    both = store.latest(RowFilter(backend="executorch"), keys=["k1"])
+    assert sorted(both.threads) == [1, 2]
+    assert store.latest(A, keys=[]).empty
+
+
+def test_latest_trusted_only_leaves_out_failed_and_distrusted_rows(store):
+    df = store.latest(A, trusted_only=True)
+    # busy is distrusted; freq_drop is recorded but does not make a row untrustworthy by itself
+    assert list(df.block_key) == ["k1", "k4"]
+    assert all(is_trusted(s, f) for s, f in zip(df.status, df["flags"]))
+    with pytest.raises(ValueError, match="trusted_only"):
+        store.latest(A, status="failed", trusted_only=True)
+
+
+def test_latest_newest_per_key_picks_the_newest_configuration(store):
+    df = store.latest(RowFilter(backend="executorch"), keys=["k1"], newest_per_key=True)
+    assert len(df) == 1 and df.iloc[0].threads == 2  # B's row was written after A's
+
+
+def test_retried_failure_becomes_the_latest_row(store):
+    assert store.put(_ok("k3", A, 3.0))
+    df = store.latest(A, keys=["k3"])
+    assert len(df) == 1 and df.iloc[0].status == "ok"
+
+
+def test_dataframe_refuses_unknown_filters(store):
+    with pytest.raises(ValueError, match="cannot filter on 'colour'"):
+        store.dataframe(colour="red")
