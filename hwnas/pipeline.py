@@ -217,25 +217,23 @@ def _protocol(cfg: RunConfig):
     return TimingProtocol.quick() if cfg.quick else TimingProtocol()
 
 
-def _measured(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, dict[str, Any]]:
-    """Stored ok rows of this device/backend/threads for ``keys``: key -> {median_ms, ...}."""
-    from profiler.store import Store
+def _rows(cfg: RunConfig, keys: list[str], kind: str, status: str):
+    from profiler.store import RowFilter, Store
 
     with Store(cfg.db) as st:
-        df = st.dataframe(status="ok", device=cfg.device, backend=cfg.backend, threads=cfg.threads, kind=kind)
-    df = df[df.block_key.isin(keys)].sort_values("id").groupby("block_key").tail(1)
+        return st.latest(RowFilter(device=cfg.device, backend=cfg.backend, threads=cfg.threads, kind=kind),
+                         keys=keys, status=status, newest_per_key=True)
+
+
+def _measured(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, dict[str, Any]]:
+    """Stored ok rows of this device/backend/threads for ``keys``: key -> {median_ms, ...}."""
     return {r.block_key: {"median_ms": float(r.median_ms), "p10_ms": float(r.p10_ms), "p90_ms": float(r.p90_ms),
                           "n": int(r.n or 0), "flags": r.flags if isinstance(r.flags, list) else []}
-            for r in df.itertuples()}
+            for r in _rows(cfg, keys, kind, "ok").itertuples()}
 
 
 def _failures(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, str]:
-    from profiler.store import Store
-
-    with Store(cfg.db) as st:
-        df = st.dataframe(status="failed", device=cfg.device, backend=cfg.backend, threads=cfg.threads, kind=kind)
-    df = df[df.block_key.isin(keys)]
-    return {r.block_key: str(r.error or "") for r in df.itertuples()}
+    return {r.block_key: str(r.error or "") for r in _rows(cfg, keys, kind, "failed").itertuples()}
 
 
 def _profile(cfg: RunConfig, models: list, progress: Progress, retime: bool = False):
