@@ -219,25 +219,31 @@ def plot_arch(blocks: list[str], out: Path, title: str) -> Path:
 
 def plot_pareto(measure: dict[str, Any] | None, train: dict[str, Any] | None, baseline: dict[str, Any] | None,
                 target: float | None, out: Path) -> Path | None:
-    pts = [(b["measured_ms"], b["test_acc"], b["op"]) for b in (baseline or {}).get("members", [])
-           if b.get("measured_ms")]
+    def span(r: dict[str, Any]) -> tuple[float, float]:
+        """Error bar below and above the mean accuracy: the seeds' lowest and highest."""
+        accs = r.get("test_acc_seeds") or [r["test_acc"]]
+        return r["test_acc"] - min(accs), max(accs) - r["test_acc"]
+
+    pts = sorted((b["measured_ms"], b["test_acc"], b["op"], span(b)) for b in (baseline or {}).get("members", [])
+                 if b.get("measured_ms"))
     if not pts and not (measure and train):
         return None
     fig = _fig(5.4, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     if pts:
-        pts.sort()
-        a = np.array([(m, acc) for m, acc, _ in pts])
-        ax.plot(a[:, 0], a[:, 1], "s--", color="tab:orange", label="uniform family (same op in every layer)")
-        for m, acc, op in pts:
+        a = np.array([(m, acc) for m, acc, _, _ in pts])
+        err = np.array([e for *_, e in pts]).T
+        ax.errorbar(a[:, 0], a[:, 1], yerr=err, fmt="s--", color="tab:orange", capsize=3,
+                    label="uniform family (same op in every layer)")
+        for m, acc, op, _ in pts:
             ax.annotate(op, (m, acc), textcoords="offset points", xytext=(4, -10), fontsize=7)
     if measure and train:
-        ax.scatter([measure["measured_ms"]], [train["test_acc"]], marker="*", s=180, color="tab:red",
-                   label="found network", zorder=3)
+        ax.errorbar([measure["measured_ms"]], [train["test_acc"]], yerr=np.array([span(train)]).T, fmt="*",
+                    markersize=13, color="tab:red", capsize=3, label="found network", zorder=3)
     if target:
         ax.axvline(target, color="0.4", ls=":", lw=1, label=f"target {target:g} ms")
     ax.set_xlabel("measured latency (ms, median)")
-    ax.set_ylabel("test accuracy (trained from scratch)")
+    ax.set_ylabel("test accuracy (from scratch; bars: lowest-highest seed)")
     ax.set_title("accuracy against measured latency", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, out)
