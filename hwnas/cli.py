@@ -8,11 +8,13 @@ import importlib
 import sys
 from typing import Sequence
 
+from profiler.errors import HwnasError
+
 #: command modules; each defines register(subparsers) and sets `func` on its parsers
 COMMAND_MODULES = ("hwnas.commands.profile", "hwnas.commands.search", "hwnas.commands.predict", "hwnas.commands.run")
 
 
-class UserError(Exception):
+class UserError(HwnasError):
     """An error the user can fix; printed as one line."""
 
 
@@ -32,18 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from profiler.adb.transport import AdbError
-    from profiler.backends import BackendUnavailable
-    from profiler.blocks import BlockKeyError
     from profiler.devices import DeviceError
-    from profiler.spaces import SpaceError
     from profiler.store import StoreError
-    from predictor import PredictorError
     from search.latency import SearchError
-    from hwnas.pipeline import RunError
 
-    return (RunError, UserError, BackendUnavailable, BlockKeyError, DeviceError, SpaceError, StoreError, PredictorError,
-            SearchError, AdbError, FileNotFoundError)
+    # every error raised on purpose derives from HwnasError; the three below join it with their packages
+    return (HwnasError, DeviceError, StoreError, SearchError, FileNotFoundError)
 
 
 #: what an interrupt leaves behind, per command

@@ -31,11 +31,12 @@ from typing import Any, Callable
 import numpy as np
 
 from hwnas.rundir import ARCH_FILE, PREDICTOR_FILE, STAGES, Run, write_json
+from profiler.errors import HwnasError
 
 __all__ = ["RunConfig", "RunError", "STAGES", "run", "load_config"]
 
 
-class RunError(ValueError):
+class RunError(HwnasError, ValueError):
     """Bad options or a stage that cannot go on; printed as one line."""
 
 

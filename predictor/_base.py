@@ -7,15 +7,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from profiler.blocks import ArchSpec, BlockSpec
+from profiler.errors import HwnasError
 
 __all__ = ["Predictor", "UnknownBlockError", "PredictorError"]
 
 
-class PredictorError(ValueError):
+class PredictorError(HwnasError, ValueError):
     """Bad input to a predictor (a malformed file, too few rows, a version mismatch): one line."""
 
 
-class UnknownBlockError(KeyError):
+class UnknownBlockError(HwnasError, KeyError):
     """A predictor has no latency for this block. ``args[0]`` is the block key.
 
     Derived from `KeyError` so that code asking a lookup table (the search's latency table) can catch

@@ -15,10 +15,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
+from profiler.errors import HwnasError
+
 __all__ = ["BlockSpec", "ArchSpec", "BlockKeyError", "KINDS", "flops", "out_size", "se_channels", "unique"]
 
 
-class BlockKeyError(ValueError):
+class BlockKeyError(HwnasError, ValueError):
     """A block key or block description is malformed or inconsistent."""
 
 

@@ -17,11 +17,12 @@ import numpy as np
 import yaml
 
 from profiler.blocks import ArchSpec, BlockSpec, out_size, unique
+from profiler.errors import HwnasError
 
 __all__ = ["SearchSpace", "Layer", "load_space", "list_spaces", "parse_op", "SpaceError"]
 
 
-class SpaceError(ValueError):
+class SpaceError(HwnasError, ValueError):
     """A search space name or file is unknown or malformed."""
 
 

@@ -11,10 +11,12 @@ import math
 import re
 from typing import Any
 
+from profiler.errors import HwnasError
+
 __all__ = ["ParseError", "BenchOutputError", "parse_info", "parse_bench", "parse_prepare", "temp_to_c"]
 
 
-class ParseError(ValueError):
+class ParseError(HwnasError, ValueError):
     """The text is not the expected script output (truncated, wrong script, garbage)."""
 
 

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from profiler.errors import HwnasError
+
 from . import keys as _keys
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_REMOTE_BASE = "/data/local/tmp"  # the one folder a non-root shell user may write and exec in
 
 
-class AdbError(Exception):
+class AdbError(HwnasError):
     """Base of every ADB failure raised by this package."""
 
 

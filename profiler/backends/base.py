@@ -14,14 +14,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from profiler.errors import HwnasError
+
 __all__ = ["Backend", "Runner", "Artifact", "CompileError", "BackendUnavailable", "Model"]
 
 
-class CompileError(RuntimeError):
+class CompileError(HwnasError, RuntimeError):
     """A backend could not compile a block; the message says why."""
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(HwnasError, RuntimeError):
     """The backend or the target it was asked for cannot run on this machine."""
 
 
