@@ -48,19 +48,19 @@ def test_info_garbage_raises(text):
 
 def test_bench_android_prefers_runner_time_and_flags_frequency_drop():
     b = parse_bench(read("android_bench_8core.txt"))
-    assert b["samples_ms"] == [3.412, 3.398, 3.405, 3.421, 3.517] and b["time_source"] == "runner"
-    assert b["wall_ms"][0] == pytest.approx((1732441801141012345 - 1732441801123456789) / 1e6)
-    assert b["mask"] == "0xf0" and b["runs"] == 5 and b["warmup"] == 3
-    assert b["temp_before_c"] == 41 and b["temp_after_c"] == 43 and b["waited_s"] == 4
-    assert b["freq_before_khz"][6] == 2419200 and b["freq_after_khz"][6] == 1996800
-    assert b["freq_dropped"] is True
+    assert b.samples_ms == [3.412, 3.398, 3.405, 3.421, 3.517] and b.time_source == "runner"
+    assert b.wall_ms[0] == pytest.approx((1732441801141012345 - 1732441801123456789) / 1e6)
+    assert b.mask == "0xf0" and b.runs == 5 and b.warmup == 3
+    assert b.temp_before_c == 41 and b.temp_after_c == 43 and b.waited_s == 4
+    assert b.freq_before_khz[6] == 2419200 and b.freq_after_khz[6] == 1996800
+    assert b.freq_dropped is True
 
 
 def test_bench_host_capture_uses_wall_clock():
     b = parse_bench(read("host_bench_true_dash.txt"))
-    assert b["time_source"] == "wall" and len(b["samples_ms"]) == 5
-    assert all(0 < s < 1000 for s in b["samples_ms"])
-    assert b["temp_before_c"] is None and b["freq_dropped"] is False
+    assert b.time_source == "wall" and len(b.samples_ms) == 5
+    assert all(0 < s < 1000 for s in b.samples_ms)
+    assert b.temp_before_c is None and b.freq_dropped is False
 
 
 def test_bench_runner_garbage_is_a_failure_with_output():

@@ -74,11 +74,11 @@ def test_bench_pins_big_cores_and_times_each_run(sysroot, fakebin, tmp_path):
     p = run("bench.sh", str(runner), "my model.pte", "2", "4", "auto", "45", "0", sysroot=sysroot, fakebin=fakebin)
     assert p.returncode == 0, p.stdout + p.stderr
     b = parse_bench(p.stdout)
-    assert b["mask"] == "0xf0" and b["mask_source"] == "max_freq"
-    assert len(b["samples_ms"]) == 4 and b["time_source"] == "wall"
+    assert b.mask == "0xf0" and b.mask_source == "max_freq"
+    assert len(b.samples_ms) == 4 and b.time_source == "wall"
     assert log.read_text().splitlines() == ["my model.pte"] * 6  # 2 warm-up + 4 timed, one argument
     assert (tmp_path / "taskset.log").read_text().splitlines() == ["f0"] * 6
-    assert b["temp_before_c"] == 38 and b["freq_before_khz"][7] == 1420800 and not b["freq_dropped"]
+    assert b.temp_before_c == 38 and b.freq_before_khz[7] == 1420800 and not b.freq_dropped
 
 
 def test_bench_uses_runner_time_when_printed(sysroot, tmp_path):
@@ -87,7 +87,7 @@ def test_bench_uses_runner_time_when_printed(sysroot, tmp_path):
     runner.chmod(0o755)
     p = run("bench.sh", str(runner), "a.pte", "0", "3", "0x1", "45", "0", sysroot=sysroot)
     b = parse_bench(p.stdout)
-    assert b["samples_ms"] == [2.5, 2.5, 2.5] and b["time_source"] == "runner" and b["mask"] == "0x1"
+    assert b.samples_ms == [2.5, 2.5, 2.5] and b.time_source == "runner" and b.mask == "0x1"
 
 
 @pytest.mark.parametrize("body,reason", [

@@ -39,7 +39,7 @@ from typing import Any, Callable
 from profiler.devices import DeviceError
 from profiler.timing import MeasureRequest, Peak, TimingReply, WorkerFailed
 
-from .parsers import BenchOutputError, ParseError, parse_bench, parse_info
+from .parsers import BenchOutputError, BenchResult, ParseError, parse_bench, parse_info
 from .transport import AdbCommandError, AdbConnectionError, AdbError, AdbTimeout, open_transport
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class AdbDevice:
         self.close()
 
     # ---- timing ---------------------------------------------------------------------------------
-    def _bench(self, artifact: str, warmup: int, runs: int, inner: int, timeout_s: float) -> tuple[str, dict]:
+    def _bench(self, artifact: str, warmup: int, runs: int, inner: int, timeout_s: float) -> tuple[str, BenchResult]:
         argv = ["env", "HWNAS_STYLE=executor_runner", f"HWNAS_INNER={inner}",
                 "sh", f"{self.scripts}/bench.sh", self.runner_remote, artifact, str(warmup), str(runs),
                 self.opts.mask, str(self.opts.max_temp_c), str(self.opts.cool_wait_s)]
@@ -277,7 +277,7 @@ class AdbDevice:
             try:
                 # probe: one invocation of one execution gives the time per execution
                 _, probe = self._bench(remote, 0, 1, 1, left())
-                per_exec = max(probe["samples_ms"][0], 1e-3)
+                per_exec = max(probe.samples_ms[0], 1e-3)
                 inner = max(1, min(100000, math.ceil(p.min_sample_ms / per_exec)))
                 out, b = self._bench(remote, self.opts.warmup, p.min_runs, inner, left())
                 per_op = self._per_op(art, remote, p.per_op_runs, left()) if request.per_op else None
@@ -302,27 +302,27 @@ class AdbDevice:
         except AdbCommandError as e:
             raise WorkerFailed("run", str(e)) from None
         b = r["bench"]
-        samples = b["samples_ms"]
+        samples = b.samples_ms
         flags = []
         if len(samples) >= 3 and median_rel_error(samples) > p.target_rel_err:
             flags.append("unconverged")
-        if b["time_source"] != "runner":
+        if b.time_source != "runner":
             flags.append("wall_clock")
-        if b["waited_s"]:
-            flags.append(f"cooled_{b['waited_s']}s")
-        if b["mask_source"] in ("unpinned", "none"):
+        if b.waited_s:
+            flags.append(f"cooled_{b.waited_s}s")
+        if b.mask_source in ("unpinned", "none"):
             flags.append("unpinned")
 
         def env(when: str) -> dict[str, Any]:
-            freq = b[f"freq_{when}_khz"]
-            temp = b[f"temp_{when}_c"]
+            freq = getattr(b, f"freq_{when}_khz")
+            temp = getattr(b, f"temp_{when}_c")
             return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "freq_mhz": {str(c): k / 1000 for c, k in freq.items()},
                     "temp_c": {"hottest": temp} if temp is not None else {}}
 
         before = env("before")
-        before.update({"mask": b["mask"], "mask_source": b["mask_source"], "waited_s": b["waited_s"],
-                       "time_source": b["time_source"], "inner": r["inner"],
+        before.update({"mask": b.mask, "mask_source": b.mask_source, "waited_s": b.waited_s,
+                       "time_source": b.time_source, "inner": r["inner"],
                        "phone": self.summary(), "prepared": self.prepared})
         return TimingReply(samples_ms=samples, inner_runs=r["inner"], env_before=before, env_after=env("after"),
                            flags=flags, per_op=r["per_op"], wall_s=time.perf_counter() - t0)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from profiler.errors import HwnasError
 
-__all__ = ["ParseError", "BenchOutputError", "parse_info", "parse_bench", "parse_prepare", "temp_to_c"]
+__all__ = ["ParseError", "BenchOutputError", "BenchResult", "parse_info", "parse_bench", "parse_prepare", "temp_to_c"]
 
 
 class ParseError(HwnasError, ValueError):
@@ -146,15 +147,36 @@ def parse_info(text: str) -> dict[str, Any]:
     }
 
 
-def parse_bench(text: str) -> dict[str, Any]:
-    """``bench.sh`` output -> dict with ``samples_ms`` (one float per timed run, in run order).
+@dataclass(frozen=True)
+class BenchResult:
+    """One ``bench.sh`` record: the runs of one artifact on the phone, and the phone's state around them."""
+
+    samples_ms: list[float]  # one per timed run, in run order: the runner's own time per execution, else wall
+    inner: int  # executions per runner invocation
+    style: str  # how the runner reports its time (plain, executor_runner)
+    time_source: str  # "runner" (its own clock) or "wall" (around the invocation: includes process start-up)
+    wall_ms: list[float]  # wall clock around each invocation
+    runner: str | None
+    artifact: str | None
+    warmup: int  # untimed invocations before the runs
+    runs: int
+    mask: str | None  # taskset core mask (hex) the runs were pinned to
+    mask_source: str | None  # how the mask was chosen (big cores, given, unpinned, none)
+    max_temp_c: float | None  # the bound the script waited under
+    waited_s: int  # seconds spent cooling down before the runs
+    temp_before_c: float | None  # None without sensors
+    temp_after_c: float | None
+    freq_before_khz: dict[int, int]  # pinned cores' frequency before the runs: {cpu index: kHz}
+    freq_after_khz: dict[int, int]
+    freq_dropped: bool  # a pinned core ended slower than it began
+
+
+def parse_bench(text: str) -> BenchResult:
+    """``bench.sh`` output -> `BenchResult`.
 
     Per run the runner's own time is used when present (``hwnas_time_ms``, or ``executor_runner``'s
-    log line divided by its ``inner`` executions; ``time_source='runner'``), else
-    the wall-clock around the invocation (``'wall'``, includes process start-up). Also: ``wall_ms``,
-    ``mask`` (hex str or None), ``mask_source``, ``warmup``, ``runs``, ``max_temp_c``, ``waited_s``,
-    ``temp_before_c`` / ``temp_after_c`` (None without sensors), ``freq_before_khz`` /
-    ``freq_after_khz`` ({cpu index: kHz}), ``freq_dropped`` (a pinned core ended slower than it began).
+    log line divided by its ``inner`` executions; ``time_source='runner'``), else the wall-clock
+    around the invocation (``'wall'``, includes process start-up).
 
     Raises BenchOutputError for a failed run, an unusable time, a hot device or a short record
     (with the output, to be stored as the failure); ParseError when the text is not bench output.
@@ -226,28 +248,28 @@ def parse_bench(text: str) -> dict[str, Any]:
     if inner < 1:
         raise BenchOutputError(f"inner={inner}: not a count of executions", "garbage", text)
     before, after = freq["before"], freq["after"]
-    return {
+    return BenchResult(
         # the runner's own time covers `inner` executions in one process; the wall clock covers one
         # invocation with process start-up (only meaningful with inner=1)
-        "samples_ms": [r[2] / inner if own_all else r[1] for r in runs],
-        "inner": inner,
-        "style": head.get("style", "plain"),
-        "time_source": "runner" if own_all and runs else "wall",
-        "wall_ms": [r[1] for r in runs],
-        "runner": head.get("runner"),
-        "artifact": head.get("artifact"),
-        "warmup": _int(head.get("warmup", ""), "warmup"),
-        "runs": expected,
-        "mask": head.get("mask") or None,
-        "mask_source": head.get("mask_source"),
-        "max_temp_c": opt_float("max_temp_c"),
-        "waited_s": _int(head.get("waited_s", "0"), "waited_s"),
-        "temp_before_c": opt_float("temp_before_c"),
-        "temp_after_c": opt_float("temp_after_c"),
-        "freq_before_khz": before,
-        "freq_after_khz": after,
-        "freq_dropped": any(after.get(c, f) < f for c, f in before.items()),
-    }
+        samples_ms=[r[2] / inner if own_all else r[1] for r in runs],
+        inner=inner,
+        style=head.get("style", "plain"),
+        time_source="runner" if own_all and runs else "wall",
+        wall_ms=[r[1] for r in runs],
+        runner=head.get("runner"),
+        artifact=head.get("artifact"),
+        warmup=_int(head.get("warmup", ""), "warmup"),
+        runs=expected,
+        mask=head.get("mask") or None,
+        mask_source=head.get("mask_source"),
+        max_temp_c=opt_float("max_temp_c"),
+        waited_s=_int(head.get("waited_s", "0"), "waited_s"),
+        temp_before_c=opt_float("temp_before_c"),
+        temp_after_c=opt_float("temp_after_c"),
+        freq_before_khz=before,
+        freq_after_khz=after,
+        freq_dropped=any(after.get(c, f) < f for c, f in before.items()),
+    )
 
 
 def parse_prepare(text: str) -> dict[str, Any]:
