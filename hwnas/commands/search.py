@@ -42,6 +42,12 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["binary", "reinforce", "all"], default="binary",
                    help="binary: ProxylessNAS binarised paths; reinforce: score-function gradient; "
                         "all: every path runs (DARTS; the memory baseline)")
+    p.add_argument("--weights", choices=["separate", "shared"], default="separate",
+                   help="separate: every candidate block owns its weights (ProxylessNAS; a candidate trains only "
+                        "when sampled); shared: in each layer the kxk depthwise kernels are the centres of one "
+                        "kmax x kmax kernel and a smaller expansion uses the first channels of the largest "
+                        "(Single-Path NAS superkernel, Once-for-All elastic kernel and expand), so every weight "
+                        "step trains every candidate. Latency still comes from each candidate's own block")
     p.add_argument("--loss", choices=["add", "mul", "ratio", "ceiling", "hinge", "abs"], default="add",
                    help="add: CE + lambda * E[LAT]; mul: CE * (log E[LAT] / log T)^beta (T > 1 ms); "
                         "ratio: CE * (E[LAT] / T)^beta (any T); ceiling: CE * max(1, E[LAT] / T)^beta, no "
@@ -194,7 +200,8 @@ def cmd_search(args) -> int:
     pred, desc = _user(_predictor, args)
     cfg = SearchConfig(space=args.space, data=args.data, out=args.out, epochs=args.epochs,
                        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
-                       arch_lr=args.arch_lr, arch_every=args.arch_every, mode=args.mode, loss=args.loss,
+                       arch_lr=args.arch_lr, arch_every=args.arch_every, mode=args.mode,
+                       weights=args.weights, loss=args.loss,
                        lam=args.lam, beta=args.beta, weight=args.weight, lat_temperature=args.lat_temperature,
                        target_ms=args.target_ms, seed=args.seed, augment=args.augment,
                        limit=args.limit, predictor=desc, threads=args.threads)
@@ -217,7 +224,7 @@ def cmd_search(args) -> int:
         return 0
     from rich.table import Table
 
-    t = Table(title=f"search of {args.space} on {args.data} ({args.mode}, {args.loss} loss)")
+    t = Table(title=f"search of {args.space} on {args.data} ({args.mode}, {args.weights} weights, {args.loss} loss)")
     for c in ("epoch", "phase", "train acc", "test acc", "E[LAT] ms", "argmax ms", "choices"):
         t.add_column(c)
     for r in res.log:
