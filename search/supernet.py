@@ -32,6 +32,7 @@ Weights (also passed to the constructor, with any mode):
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator, Sequence
 
 import torch
@@ -236,6 +237,26 @@ class SharedMBConv(nn.Module):
             self.se_expand = nn.Conv2d(red, self.mid_max, 1)
         self.project = nn.Conv2d(self.mid_max, self.out_c, 1, bias=False)
         self.project_bn = nn.ModuleList(nn.BatchNorm2d(self.out_c) for _ in specs)
+        self._start_as_smallest()
+
+    @torch.no_grad()
+    def _start_as_smallest(self) -> None:
+        """Start every candidate as the same function, the smallest one's: the depthwise kernel is
+        drawn as ``nn.Conv2d`` draws a k_min x k_min one, with zeros around it, and the projection's
+        columns past the smallest expansion are zero. The zeros get gradients from the first step
+        on (the ring from the larger kernels' outputs, the columns from the wider expansions'), so
+        the larger candidates grow out of the smallest instead of starting as unrelated random
+        functions that the layers after them must serve at once. Measured (benchmarks/
+        supernet_quality.py, tiny-mnist on mnist5k, 2 epochs): train accuracy with uniformly
+        sampled paths 0.77-0.80 with nn.Conv2d's own initialisation, 0.89-0.90 with this one;
+        0.92 for one fixed network."""
+        k_min = min(s.kernel for s in self.specs)
+        lo = (self.k_max - k_min) // 2
+        centre = torch.empty(self.mid_max, 1, k_min, k_min)
+        nn.init.kaiming_uniform_(centre, a=math.sqrt(5))  # nn.Conv2d.reset_parameters' draw
+        self.depthwise.weight.zero_()
+        self.depthwise.weight[:, :, lo:lo + k_min, lo:lo + k_min] = centre
+        self.project.weight[:, min(s.mid_c for s in self.specs):] = 0.0
 
     @staticmethod
     def _dw_key(s: BlockSpec) -> str:
@@ -442,8 +463,7 @@ class Supernet(nn.Module):
 def _shared_mixed_op(candidates: Sequence[BlockSpec], mode: str) -> MixedOp:
     """A searchable layer whose MBConv candidates share one `SharedMBConv` (zero ops stay identities)."""
     blocks = [c for c in candidates if c.kind != "zero"]
-    shared = SharedMBConv(blocks).train()
-    _reinit(shared)
+    shared = SharedMBConv(blocks).train()  # drawn from the supernet's seeded RNG as it is built
     views = iter(shared.views())
     mods = [nn.Identity() if c.kind == "zero" else next(views) for c in candidates]
     return MixedOp(mods, mode, shared=shared)

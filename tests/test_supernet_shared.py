@@ -47,6 +47,8 @@ def test_changing_the_shared_tensor_changes_exactly_the_candidates_that_use_it()
     space = load_space(SPACE)
     net = Supernet(space, "binary", weights="shared").eval()
     op = _layer(net, 1)
+    with torch.no_grad():  # as after training: the projection's columns past expand 3 start at zero
+        op.shared.project.weight.normal_()
     x = torch.randn(4, 24, 14, 14)
     k3e3, k7e3, k3e6 = (_index(space, 1, k, e) for k, e in ((3, 3), (7, 3), (3, 6)))
     before = {j: op.candidates[j](x) for j in (k3e3, k7e3, k3e6)}
@@ -73,23 +75,54 @@ def test_every_part_of_the_largest_kernel_trains_over_a_few_sampled_steps():
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     seen = [torch.zeros_like(m.shared.depthwise.weight) for m in net.mixed]
     expand_seen = [torch.zeros_like(m.shared.expand.weight) for m in net.mixed]
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.05)
     for step in range(12):
         choices = net.sample_paths(gen)
         net.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
+        opt.step()
         for acc, e_acc, m, c in zip(seen, expand_seen, net.mixed, choices):
             if m.shared.depthwise.weight.grad is not None:
                 acc += m.shared.depthwise.weight.grad.abs()
                 e_acc += m.shared.expand.weight.grad.abs()
         if step == 0:
-            # one step trains a k x k centre of every depthwise kernel it ran: the 3x3 centre always
+            # one step trains the centre tap of every depthwise kernel it ran (in the first step,
+            # of the smallest expansion's channels: the projection's wider columns start at zero)
             for m, c in zip(net.mixed, choices):
                 if m.candidates[c].__class__.__name__ == "_SharedView":
                     g = m.shared.depthwise.weight.grad
-                    assert (g[: m.shared.specs[m.candidates[c].index].mid_c, :, 3, 3] != 0).all()
+                    assert (g[: min(s.mid_c for s in m.shared.specs), :, 3, 3] != 0).all()
     for acc, e_acc in zip(seen, expand_seen):
         assert (acc.sum(0) > 0).all(), acc.sum(0)  # every tap of the 7x7 received a gradient
         assert (e_acc.sum(1) > 0).all()  # every channel of the largest expansion too
+
+
+def test_candidates_start_as_the_smallest_and_grow_apart():
+    """At initialisation every MBConv candidate of a layer computes the smallest one's function
+    (zeros around the k_min centre, zero projection columns past the smallest expansion)."""
+    space = load_space(SPACE)
+    net = Supernet(space, "binary", weights="shared").eval()
+    op = _layer(net, 1)
+    x = torch.randn(4, 24, 14, 14)
+    outs = [c(x) for c, spec in zip(op.candidates, space.layers[space.searchable[1]].candidates)
+            if spec.kind == "mbconv"]
+    assert all(torch.allclose(o, outs[0], atol=1e-6) for o in outs)
+    w = op.shared.depthwise.weight
+    assert float(w[:, :, 2:5, 2:5].abs().min()) >= 0 and float(w[:, :, 2:5, 2:5].abs().sum()) > 0
+    assert float(w.abs().sum()) == float(w[:, :, 2:5, 2:5].abs().sum())
+    # the 3x3 centre is drawn as nn.Conv2d draws a 3x3 depthwise kernel: uniform within 1/sqrt(9)
+    assert 0.25 < float(w[:, :, 2:5, 2:5].abs().max()) <= 1 / 3
+    # one weight step on a wide, large candidate moves it away from the others
+    k7e6 = _index(space, 1, 7, 6)
+    op.shared.train()
+    torch.optim.SGD(op.shared.parameters(), lr=0.1).zero_grad()
+    opt = torch.optim.SGD(op.shared.parameters(), lr=0.1)
+    op.candidates[k7e6](x).pow(2).mean().backward()
+    assert float(op.shared.depthwise.weight.grad[:, :, 0, :].abs().sum()) > 0  # the outer ring is trained
+    assert float(op.shared.project.weight.grad[:, 72:].abs().sum()) > 0  # so are the wide columns
+    opt.step()
+    op.shared.eval()
+    assert not torch.allclose(op.candidates[k7e6](x), op.candidates[_index(space, 1, 3, 3)](x), atol=1e-4)
 
 
 def test_one_step_of_a_small_candidate_moves_the_large_ones():
@@ -204,10 +237,15 @@ def test_shared_weights_work_with_every_architecture_mode(mode):
     net = Supernet(space, mode, weights="shared")
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    if mode != "all":
-        net.sample_paths(gen)
-    F.cross_entropy(net(x), y).backward()
-    assert all(p.grad is not None for m in net.mixed for p in (m.shared.depthwise.weight, m.shared.project.weight))
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1)
+    for _ in range(4):  # the candidates start as one function; a few weight steps set them apart
+        ran = net.sample_paths(gen) if mode != "all" else [0] * len(net.mixed)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        for m, c in zip(net.mixed, ran):
+            if not isinstance(m.candidates[c], torch.nn.Identity):  # the zero op trains nothing
+                assert m.shared.depthwise.weight.grad is not None and m.shared.project.weight.grad is not None
+        opt.step()
     if mode == "binary":
         for p in net.weight_parameters():
             p.requires_grad_(False)
