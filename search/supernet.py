@@ -134,11 +134,12 @@ class MixedOp(nn.Module):
         return self.candidates[self._active](x)
 
     def candidate_state_dict(self, index: int) -> dict[str, torch.Tensor]:
-        """Candidate ``index``'s weights keyed as its block's own module (``BlockSpec.build()``)."""
+        """Candidate ``index``'s weights keyed as its block's own module (``BlockSpec.build()``); the
+        tensors may be the candidate's own (separate weights): clone before changing them."""
         c = self.candidates[index]
         if isinstance(c, _SharedView):
             return c.owner.candidate_module(c.index).state_dict()
-        return {k: v.clone() for k, v in c.state_dict().items()}
+        return c.state_dict()
 
 
 # ---- weight sharing (Single-Path NAS superkernel, Once-for-All elastic kernel and expand) ----------
@@ -296,7 +297,7 @@ class SharedMBConv(nn.Module):
         s = self.specs[index]
         mod = s.build()
         convs = [m for m in mod.body if isinstance(m, ConvBNAct)]
-        parts: list[tuple[torch.Tensor, nn.BatchNorm2d | None]] = []
+        parts: list[tuple[torch.Tensor, nn.BatchNorm2d]] = []
         if s.mid_c != s.in_c:
             parts.append((self.expand.weight[:s.mid_c], self.expand_bn))
         parts.append((self._dw_weight(s), self.depthwise_bn[self._dw_key(s)]))
