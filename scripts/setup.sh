@@ -10,7 +10,8 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 # System packages: Debian's adb client (checks the ADB test double against a real peer), dash
 # and mksh (device scripts run under a strict POSIX sh and under Android's shell), the aarch64 cross compiler and C library (TVM links libraries for phones).
 # Headless Chromium (+ a font) renders the run report in a test, as a user's browser would.
-want="adb dash mksh gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium fonts-dejavu-core"
+# Fashion-MNIST's IDX files (/usr/share/datasets/fashion-mnist) are the data set of `--data fashion-mnist`.
+want="adb dash mksh gcc-aarch64-linux-gnu libc6-dev-arm64-cross chromium fonts-dejavu-core dataset-fashion-mnist"
 missing=""
 for pkg in $want; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

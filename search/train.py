@@ -5,9 +5,10 @@ Search: ``warmup_epochs`` epochs of weight steps only (paths sampled from the un
 ``p``), then weight steps on the train split alternating with architecture steps on the held-out
 (valid) split, one every ``arch_every`` weight steps. Weights: SGD, momentum 0.9, Nesterov,
 cosine learning rate per step; architecture: Adam (lr 1e-3, betas (0, 0.999)): the reference's
-defaults. A checkpoint is written after every epoch; `run_search(..., resume=True)` continues
-after the last complete epoch with the same random streams, so a resumed run ends where an
-uninterrupted one would.
+defaults. The candidates own their weights (``weights="separate"``) or share them
+(``weights="shared"``: `search.supernet.SharedMBConv`). A checkpoint is written after every
+epoch; `run_search(..., resume=True)` continues after the last complete epoch with the same
+random streams, so a resumed run ends where an uninterrupted one would.
 
 Data-parallel under ``torchrun``: when ``WORLD_SIZE > 1`` the process group is set up (gloo on
 CPU, NCCL on CUDA), the weights are wrapped in `DistributedDataParallel`, each rank reads its shard,
@@ -35,7 +36,7 @@ from profiler.blocks import ArchSpec
 from profiler.spaces import load_space
 from search.data import load_data
 from search.latency import LOSSES, LatencyPredictor, LatencyTable, SearchError, check_target, latency_loss
-from search.supernet import MODES, Supernet
+from search.supernet import MODES, WEIGHTS, Supernet
 
 __all__ = ["SearchConfig", "SearchProgress", "run_search", "train_arch", "CHECKPOINT"]
 
@@ -60,6 +61,7 @@ class SearchConfig:
     arch_betas: tuple[float, float] = (0.0, 0.999)
     arch_every: int = 5  # weight steps per architecture step
     mode: str = "binary"  # binary | reinforce | all
+    weights: str = "separate"  # separate (ProxylessNAS) | shared (superkernel + elastic expand; see search.supernet)
     loss: str = "add"  # add | mul
     lam: float = 0.1  # additive loss weight, 1/ms
     beta: float = 0.3  # multiplicative loss exponent
@@ -79,6 +81,8 @@ class SearchConfig:
     def check(self) -> None:
         if self.mode not in MODES:
             raise SearchError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        if self.weights not in WEIGHTS:
+            raise SearchError(f"unknown weights {self.weights!r}; known: {', '.join(WEIGHTS)}")
         if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise SearchError("need epochs >= 1 and 0 <= warmup epochs <= epochs")
         if not self.lat_temperature > 0:
@@ -290,11 +294,11 @@ def _run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool,
     if ckpt_path.exists() and not resume:
         raise SearchError(f"{out} holds a search checkpoint; pass --resume to continue it or choose another --out")
     d = _dist_setup()
+    net = Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights).to(d.device)  # may refuse the space
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed + d.rank)  # augmentations
-    net = Supernet(space, cfg.mode, cfg.seed).to(d.device)
     weights, alphas = net.weight_parameters(), net.arch_parameters()
     w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
     a_opt = torch.optim.Adam(alphas, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas), eps=1e-8)
@@ -390,7 +394,7 @@ def _run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool,
     arch = net.derive(meta={
         "predicted_ms": round(table.arch_ms(choices), 6), "expected_ms": last["expected_ms"],
         "fastest_ms": round(table.min_ms(), 6), "slowest_ms": round(table.max_ms(), 6),
-        "target_ms": cfg.target_ms, "loss": cfg.loss, "mode": cfg.mode, "predictor": cfg.predictor,
+        "target_ms": cfg.target_ms, "loss": cfg.loss, "mode": cfg.mode, "weights": cfg.weights, "predictor": cfg.predictor,
         "data": cfg.data, "test_acc_supernet": last["test_acc"], "epochs": cfg.epochs})
     net_ms = getattr(predictor, "predict_network_ms", None)  # optional: block sum + per-network overhead
     if net_ms is not None:

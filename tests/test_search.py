@@ -242,6 +242,26 @@ def test_search_end_to_end_cli_export_verify_train(measured, tmp_path, capsys, c
     assert 0.0 <= t["test_acc"] <= 1.0 and (tmp_path / "trained" / "weights.pt").exists()
 
 
+def test_shared_weights_search_end_to_end_cli(measured, tmp_path, capsys):
+    """hwnas search --weights shared: a tiny search runs, the found network is a plain ArchSpec of
+    the space whose weights (copies of the shared slices) load strictly into its own module."""
+    db, _ = measured
+    out = tmp_path / "shared"
+    assert main(["search", "--space", SPACE, "--data", "digits", "--db", db, "--backend", "torch", "--out", str(out),
+                 "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32", "--arch-every", "2",
+                 "--arch-lr", "0.05", "--limit", "600", "--weights", "shared", "--export", "", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    arch = ArchSpec.from_json((out / "arch.json").read_text())
+    assert arch.meta["weights"] == "shared" and res["log"][1]["arch_steps"] > 0
+    assert arch.blocks == load_space(SPACE).arch(arch.meta["choices"]).blocks
+    from search.export import load_network
+
+    net = load_network(out / "arch.json", out / "weights.pt")  # strict load into ArchSpec.build()
+    assert net(arch.example_input()).shape == (1, 10)
+    assert res["log"][1]["train_loss"] < res["log"][0]["train_loss"]
+    assert any(max(p) > min(p) + 1e-4 for p in arch.meta["probabilities"])  # the architecture steps moved
+
+
 class _StopAt(SearchProgress):
     def __init__(self, epoch):
         self.epoch = epoch
@@ -251,13 +271,13 @@ class _StopAt(SearchProgress):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("mode", ["binary", "reinforce"])
-def test_resume_after_a_stop_continues_at_the_next_epoch(measured, tmp_path, mode):
+@pytest.mark.parametrize("mode, weights", [("binary", "separate"), ("reinforce", "separate"), ("binary", "shared")])
+def test_resume_after_a_stop_continues_at_the_next_epoch(measured, tmp_path, mode, weights):
     _, pred = measured
 
     def cfg(out):
         return SearchConfig(space=SPACE, data="digits", out=str(out), epochs=3, warmup_epochs=1, batch_size=64,
-                            arch_every=2, arch_lr=0.05, limit=600, mode=mode)
+                            arch_every=2, arch_lr=0.05, limit=600, mode=mode, weights=weights)
 
     whole = run_search(cfg(tmp_path / "a"), pred)
     with pytest.raises(KeyboardInterrupt):

