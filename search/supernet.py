@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from profiler.blocks import ArchSpec, BlockSpec, _se_channels
+from profiler.blocks import ArchSpec, BlockSpec, se_channels
 from profiler.spaces import SearchSpace
 from search.latency import SearchError
 
@@ -189,7 +189,7 @@ class SharedMBConv(nn.Module):
       first ``mid_c`` rows (a candidate with ``mid_c == in_c`` has no expansion, as in its block);
     - depthwise conv: (mid_max, 1, k_max, k_max); a k x k candidate uses the centre k x k of its
       first ``mid_c`` channels;
-    - SE convs: the first ``mid_c`` channels and the first ``_se_channels(mid_c)`` reduced ones;
+    - SE convs: the first ``mid_c`` channels and the first ``se_channels(mid_c)`` reduced ones;
     - projection 1x1 conv: (out_c, mid_max); a candidate uses its first ``mid_c`` columns.
 
     BatchNorm (why this split): a BN layer's statistics and scale belong to the distribution of
@@ -233,7 +233,7 @@ class SharedMBConv(nn.Module):
                                    groups=self.mid_max, bias=False)
         self.depthwise_bn = nn.ModuleDict({self._dw_key(s): nn.BatchNorm2d(self.mid_max) for s in specs})
         if self.se:
-            red = _se_channels(self.mid_max)
+            red = se_channels(self.mid_max)
             self.se_reduce = nn.Conv2d(self.mid_max, red, 1)
             self.se_expand = nn.Conv2d(red, self.mid_max, 1)
         self.project = nn.Conv2d(self.mid_max, self.out_c, 1, bias=False)
@@ -280,7 +280,7 @@ class SharedMBConv(nn.Module):
         h = F.conv2d(h, self._dw_weight(s), None, self.stride, s.kernel // 2, 1, s.mid_c)
         h = _act(self.hs, _bn(self.depthwise_bn[self._dw_key(s)], h))
         if self.se:
-            red = _se_channels(s.mid_c)
+            red = se_channels(s.mid_c)
             g = h.mean((2, 3), keepdim=True)
             g = F.relu(F.conv2d(g, self.se_reduce.weight[:red, :s.mid_c], self.se_reduce.bias[:red]))
             g = F.hardsigmoid(F.conv2d(g, self.se_expand.weight[:s.mid_c, :red], self.se_expand.bias[:s.mid_c]))

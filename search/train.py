@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,7 @@ from search.data import load_data
 from search.latency import LOSSES, LatencyPredictor, LatencyTable, SearchError, check_target, latency_loss
 from search.supernet import MODES, WEIGHTS, Supernet
 
-__all__ = ["SearchConfig", "SearchProgress", "run_search", "train_arch", "CHECKPOINT"]
+__all__ = ["SearchConfig", "SearchProgress", "run_search", "train_arch", "inherited_accuracy", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 _CKPT_VERSION = 1
@@ -278,9 +278,50 @@ def run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool = Fa
         torch.set_num_threads(before)
 
 
+@dataclass
+class _Search:
+    """What one search carries from its set-up through its epochs to its result (the recipe's state)."""
+
+    cfg: SearchConfig
+    space: Any
+    table: LatencyTable
+    data: Any
+    out: Path
+    d: _Dist
+    net: Supernet
+    model: nn.Module  # the supernet, or its DistributedDataParallel wrapper
+    w_opt: torch.optim.Optimizer
+    a_opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator  # path sampling: the same stream on every rank
+    baseline: float | None = None  # REINFORCE's moving average of the reward
+    log: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0  # the first epoch this call runs
+    resumed_from: int | None = None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+
 def _run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool,
                 progress: SearchProgress | None) -> SearchResult:
+    """The search recipe: set up (or resume), one epoch at a time with a checkpoint after each, derive."""
     progress = progress or SearchProgress()
+    s = _setup(cfg, predictor, resume, progress)
+    for epoch in range(s.start, cfg.epochs):
+        row = _epoch(s, epoch, progress)
+        s.log.append(row)
+        if s.d.main:
+            _write_log(s.log, s.out)
+            _checkpoint(s, epoch)
+        progress.epoch_end(row)
+    return _finish(s, predictor)
+
+
+def _setup(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool, progress: SearchProgress) -> _Search:
+    """Check the options, read the data, build the supernet and its optimisers; resume from the
+    checkpoint where asked. Everything that can be refused is refused here, before any training."""
     cfg.check()
     space = load_space(cfg.space)
     table = LatencyTable.build(space, predictor)
@@ -290,8 +331,7 @@ def _run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool,
         raise SearchError(f"{cfg.data} has {data.num_classes} classes; the space {space.name!r} classifies "
                           f"{space.num_classes}")
     out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists() and not resume:
+    if (out / CHECKPOINT).exists() and not resume:
         raise SearchError(f"{out} holds a search checkpoint; pass --resume to continue it or choose another --out")
     d = _dist_setup()
     net = Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights).to(d.device)  # may refuse the space
@@ -299,115 +339,163 @@ def _run_search(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool,
         out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed + d.rank)  # augmentations
-    weights, alphas = net.weight_parameters(), net.arch_parameters()
-    w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
-    a_opt = torch.optim.Adam(alphas, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas), eps=1e-8)
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                            weight_decay=cfg.weight_decay)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas), eps=1e-8)
     steps_per_epoch = len(_loader(data.train, cfg.batch_size, True, cfg.seed, 0, d, True))
     if steps_per_epoch == 0:
         raise SearchError(f"{cfg.data}: fewer training images than one batch ({cfg.batch_size}); lower --batch-size")
     if len(data.valid) < d.world:
         raise SearchError(f"{cfg.data}: too few images for a held-out split ({len(data.valid)}); give more images")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(cfg.seed)  # path sampling: the same stream on every rank
-    baseline: float | None = None
-    log: list[dict[str, Any]] = []
-    start = 0
-    if resume and ckpt_path.exists():
-        ck = _load_checkpoint(ckpt_path, cfg)
+    s = _Search(cfg, space, table, data, out, d, net, net, w_opt, a_opt, sched, torch.Generator().manual_seed(cfg.seed))
+    if resume and s.ckpt_path.exists():
+        ck = _load_checkpoint(s.ckpt_path, cfg)
         net.load_state_dict(ck["net"])
         w_opt.load_state_dict(ck["w_opt"])
         a_opt.load_state_dict(ck["a_opt"])
         sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
+        s.gen.set_state(ck["gen"])
         torch.set_rng_state(ck["torch_rng"][d.rank] if d.rank < len(ck["torch_rng"]) else ck["torch_rng"][0])
-        baseline, log, start = ck["baseline"], list(ck["log"]), int(ck["epoch"]) + 1
-        progress.message(f"resuming {out} after epoch {start - 1} of {cfg.epochs}")
-    resumed_from = start if resume and start > 0 else None
-
-    model: nn.Module = net
+        s.baseline, s.log, s.start = ck["baseline"], list(ck["log"]), int(ck["epoch"]) + 1
+        progress.message(f"resuming {out} after epoch {s.start - 1} of {cfg.epochs}")
+    s.resumed_from = s.start if resume and s.start > 0 else None
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # the logits are updated by hand (binary gates, masks, rescaling); keep them out of DDP
         DDP._set_params_and_buffers_to_ignore_for_model(net, [n for n, _ in net.named_parameters() if n.endswith("alpha")])
-        model = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-                    find_unused_parameters=True)
+        s.model = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+                      find_unused_parameters=True)
+    return s
 
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        warm = epoch < cfg.warmup_epochs
-        train_loader = _loader(data.train, cfg.batch_size, True, cfg.seed, epoch, d, True)
-        valid_iter = _cycle(lambda e=epoch: _loader(data.valid, cfg.batch_size, True, cfg.seed + 1, e, d, False))
-        progress.epoch_start(epoch, cfg.epochs, len(train_loader), "warm-up" if warm else "search")
-        sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "arch_steps": 0.0, "arch_loss": 0.0}
-        for step, (x, y) in enumerate(train_loader):
-            x, y = x.to(d.device), y.to(d.device)
-            # -- weight step: one sampled path per layer (all paths in the DARTS baseline)
-            if cfg.mode != "all":
-                net.sample_paths(gen)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            w_opt.step()
-            sched.step()
-            for a in alphas:
-                a.grad = None
-            sums["loss"] += float(loss.detach()) * len(y)
-            sums["correct"] += float((logits.argmax(1) == y).sum())
-            sums["seen"] += len(y)
-            # -- architecture step on the held-out split
-            if not warm and (step + 1) % cfg.arch_every == 0:
-                xv, yv = next(valid_iter)
-                al, baseline = _arch_step(net, cfg, table, a_opt, gen, xv.to(d.device), yv.to(d.device), d, baseline)
-                sums["arch_loss"] += al
-                sums["arch_steps"] += 1
-            progress.step()
-        loss_sum, correct, seen = _allreduce_sum([sums["loss"], sums["correct"], sums["seen"]], d)
-        choices = net.argmax_choices()
-        with torch.no_grad():
-            exp_ms = float(table.expected_ms(net.probs()))
-            loss_ms = float(table.expected_ms(net.probs(cfg.lat_temperature)))
-        with _calibrated_bn(net, choices, _loader(data.train, cfg.batch_size, True, cfg.seed + 2, epoch, d, True), d):
-            test_acc = _accuracy(net, data.test, cfg.batch_size, d)
-        row = {"epoch": epoch, "phase": "warm-up" if warm else "search",
-               "train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
-               "test_acc": round(test_acc, 5),
-               "expected_ms": round(exp_ms, 5), "argmax_ms": round(table.arch_ms(choices), 5),
-               "loss_expected_ms": round(loss_ms, 5),
-               "arch_steps": int(sums["arch_steps"]),
-               "arch_loss": round(sums["arch_loss"] / sums["arch_steps"], 5) if sums["arch_steps"] else None,
-               "lr": round(sched.get_last_lr()[0], 6), "choices": choices,
-               "seconds": round(time.perf_counter() - t0, 2)}
-        log.append(row)
-        if d.main:
-            _write_log(log, out)
-            rng = [torch.get_rng_state()]
-            _save_atomic({"version": _CKPT_VERSION, "config": cfg.to_dict(), "epoch": epoch,
-                          "net": net.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                          "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": rng,
-                          "baseline": baseline, "log": log}, ckpt_path)
-        progress.epoch_end(row)
 
+def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
+    """One epoch: a weight step on a sampled path per batch, an architecture step on the held-out
+    split every ``arch_every`` batches after the warm-up; returns the epoch's log row."""
+    cfg, d, net = s.cfg, s.d, s.net
+    t0 = time.perf_counter()
+    warm = epoch < cfg.warmup_epochs
+    train_loader = _loader(s.data.train, cfg.batch_size, True, cfg.seed, epoch, d, True)
+    valid_iter = _cycle(lambda e=epoch: _loader(s.data.valid, cfg.batch_size, True, cfg.seed + 1, e, d, False))
+    progress.epoch_start(epoch, cfg.epochs, len(train_loader), "warm-up" if warm else "search")
+    sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "arch_steps": 0.0, "arch_loss": 0.0}
+    alphas = net.arch_parameters()
+    for step, (x, y) in enumerate(train_loader):
+        x, y = x.to(d.device), y.to(d.device)
+        # -- weight step: one sampled path per layer (all paths in the DARTS baseline)
+        if cfg.mode != "all":
+            net.sample_paths(s.gen)
+        logits = s.model(x)
+        loss = F.cross_entropy(logits, y)
+        s.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        s.w_opt.step()
+        s.sched.step()
+        for a in alphas:
+            a.grad = None
+        sums["loss"] += float(loss.detach()) * len(y)
+        sums["correct"] += float((logits.argmax(1) == y).sum())
+        sums["seen"] += len(y)
+        # -- architecture step on the held-out split
+        if not warm and (step + 1) % cfg.arch_every == 0:
+            xv, yv = next(valid_iter)
+            al, s.baseline = _arch_step(net, cfg, s.table, s.a_opt, s.gen, xv.to(d.device), yv.to(d.device), d,
+                                        s.baseline)
+            sums["arch_loss"] += al
+            sums["arch_steps"] += 1
+        progress.step()
+    loss_sum, correct, seen = _allreduce_sum([sums["loss"], sums["correct"], sums["seen"]], d)
     choices = net.argmax_choices()
-    last = log[-1]
+    with torch.no_grad():
+        exp_ms = float(s.table.expected_ms(net.probs()))
+        loss_ms = float(s.table.expected_ms(net.probs(cfg.lat_temperature)))
+    with _calibrated_bn(net, choices, _loader(s.data.train, cfg.batch_size, True, cfg.seed + 2, epoch, d, True), d):
+        test_acc = _accuracy(net, s.data.test, cfg.batch_size, d)
+    return {"epoch": epoch, "phase": "warm-up" if warm else "search",
+            "train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
+            "test_acc": round(test_acc, 5),
+            "expected_ms": round(exp_ms, 5), "argmax_ms": round(s.table.arch_ms(choices), 5),
+            "loss_expected_ms": round(loss_ms, 5),
+            "arch_steps": int(sums["arch_steps"]),
+            "arch_loss": round(sums["arch_loss"] / sums["arch_steps"], 5) if sums["arch_steps"] else None,
+            "lr": round(s.sched.get_last_lr()[0], 6), "choices": choices,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _checkpoint(s: _Search, epoch: int) -> None:
+    """Everything a resumed search needs to go on exactly as if it had not stopped."""
+    _save_atomic({"version": _CKPT_VERSION, "config": s.cfg.to_dict(), "epoch": epoch,
+                  "net": s.net.state_dict(), "w_opt": s.w_opt.state_dict(), "a_opt": s.a_opt.state_dict(),
+                  "sched": s.sched.state_dict(), "gen": s.gen.get_state(), "torch_rng": [torch.get_rng_state()],
+                  "baseline": s.baseline, "log": s.log}, s.ckpt_path)
+
+
+def _finish(s: _Search, predictor: LatencyPredictor) -> SearchResult:
+    """The most likely network, with its predicted latency, written as arch.json (+ its weights)."""
+    cfg, net, table = s.cfg, s.net, s.table
+    choices = net.argmax_choices()
+    last = s.log[-1]
+    warmed = [r for r in s.log if r["phase"] == "warm-up"]
     arch = net.derive(meta={
         "predicted_ms": round(table.arch_ms(choices), 6), "expected_ms": last["expected_ms"],
         "fastest_ms": round(table.min_ms(), 6), "slowest_ms": round(table.max_ms(), 6),
         "target_ms": cfg.target_ms, "loss": cfg.loss, "mode": cfg.mode, "weights": cfg.weights, "predictor": cfg.predictor,
-        "data": cfg.data, "test_acc_supernet": last["test_acc"], "epochs": cfg.epochs})
+        "data": cfg.data, "test_acc_supernet": last["test_acc"], "epochs": cfg.epochs,
+        # the supernet's own quality: how well its weights had learnt before the architecture moved
+        "train_acc_after_warmup": warmed[-1]["train_acc"] if warmed else None})
     net_ms = getattr(predictor, "predict_network_ms", None)  # optional: block sum + per-network overhead
     if net_ms is not None:
         try:
             arch.meta["predicted_network_ms"] = round(float(net_ms(arch)), 6)
         except (KeyError, ValueError, TypeError):
             pass  # the block sum above stays the prediction
-    if d.main:
-        (out / "arch.json").write_text(arch.to_json())
+    if s.d.main:
+        (s.out / "arch.json").write_text(arch.to_json())
         # the found network's weights, with BatchNorm statistics of its own
-        with _calibrated_bn(net, choices, _loader(data.train, cfg.batch_size, True, cfg.seed + 3, 0, d, True), d):
-            torch.save(net.derived_state_dict(choices), out / "weights.pt")
-    return SearchResult(arch, log, out, resumed_from, table)
+        calib = _loader(s.data.train, cfg.batch_size, True, cfg.seed + 3, 0, s.d, True)
+        with _calibrated_bn(net, choices, calib, s.d):
+            torch.save(net.derived_state_dict(choices), s.out / "weights.pt")
+    return SearchResult(arch, s.log, s.out, s.resumed_from, table)
+
+
+def inherited_accuracy(search_dir: str | Path, choices: Sequence[Sequence[int]], threads: int = 1,
+                       batches: int = 10) -> list[float]:
+    """Test accuracy (share) of each sub-network ``choices[i]`` with the weights it inherits from the
+    finished search in ``search_dir`` (its last checkpoint), BatchNorm re-estimated on ``batches``
+    training batches for that sub-network (Once-for-All's BN calibration). How well this ranks
+    networks against training each from scratch is what makes a short search's accuracy term mean
+    something.
+
+    Raises `SearchError` where ``search_dir`` holds no readable checkpoint.
+    """
+    path = Path(search_dir) / CHECKPOINT
+    if not path.exists():
+        raise SearchError(f"{search_dir}: no search checkpoint; run the search first")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = SearchConfig(**ck["config"])
+    except Exception as e:
+        raise SearchError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        space = load_space(cfg.space)
+        data = load_data(cfg.data, space.input_size, space.in_channels, cfg.seed, cfg.augment, cfg.limit)
+        d = _Dist()
+        net = Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights)
+        net.load_state_dict(ck["net"])
+        out = []
+        for i, c in enumerate(choices):
+            calib = _loader(data.train, cfg.batch_size, True, cfg.seed + 4, i, d, True)
+            # the calibration batches are augmented: the same seed per network gives the same numbers
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 4 + i)
+                with _calibrated_bn(net, list(c), calib, d, batches):
+                    out.append(_accuracy(net, data.test, cfg.batch_size, d))
+        return out
+    finally:
+        torch.set_num_threads(before)
 
 
 def _cycle(make):

@@ -386,3 +386,21 @@ def test_data_parallel_under_torchrun_keeps_ranks_identical(measured, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "IDENTICAL" in p.stdout
     assert ArchSpec.from_json((tmp_path / "out" / "arch.json").read_text()).meta["choices"]
+
+
+def test_inherited_accuracy_of_subnetworks_after_a_shared_search(measured, tmp_path):
+    from search.train import inherited_accuracy
+
+    _, pred = measured
+    cfg = SearchConfig(space=SPACE, data="digits", out=str(tmp_path / "s"), epochs=3, warmup_epochs=2, batch_size=32,
+                       arch_every=2, arch_lr=0.05, limit=900, weights="shared")
+    res = run_search(cfg, pred)
+    assert 0 < res.arch.meta["train_acc_after_warmup"] <= 1
+    assert res.arch.meta["train_acc_after_warmup"] == res.log[1]["train_acc"]  # the last warm-up epoch's
+    space = load_space(SPACE)
+    choices = [res.arch.meta["choices"], [0] * len(space.searchable)]
+    accs = inherited_accuracy(tmp_path / "s", choices)
+    assert len(accs) == 2 and all(0.15 < a <= 1 for a in accs)  # 10 classes: above chance after 3 epochs
+    assert inherited_accuracy(tmp_path / "s", choices) == accs  # deterministic, supernet left as it was
+    with pytest.raises(SearchError, match="no search checkpoint"):
+        inherited_accuracy(tmp_path / "nothing", choices)
