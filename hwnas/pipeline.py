@@ -56,6 +56,7 @@ class RunConfig:
     quick: bool = False  # the looser timing protocol (smoke runs only)
     calibrate: int = 10  # networks spanning the space's latency range, timed end to end for the network model (count)
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
+    weights: str = "shared"  # supernet candidates: shared (superkernel + elastic expand) or separate (ProxylessNAS)
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps
     loss: str = "abs"  # abs: CE + weight * |LAT / T - 1| (TuNAS), the target steers a short search; see search.latency
@@ -110,6 +111,10 @@ class RunConfig:
                 and self.target_speedup is None):
             raise RunError(f"the {self.loss} latency loss needs --target-ms (ms) or --target-speedup (x); "
                            "or use --loss add")
+        from search.supernet import WEIGHTS
+
+        if self.weights not in WEIGHTS:
+            raise RunError(f"--weights {self.weights}: use one of {', '.join(WEIGHTS)}")
         if not self.lat_temperature > 0:
             raise RunError("--lat-temperature must be positive")
         for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every", "seeds"):
@@ -391,7 +396,7 @@ def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str
     out = run.path(ARCH_FILE).parent
     scfg = SearchConfig(space=cfg.space, data=cfg.data, out=str(out), epochs=cfg.search_epochs,
                         warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
-                        arch_every=cfg.arch_every, lr=cfg.search_lr,
+                        arch_every=cfg.arch_every, lr=cfg.search_lr, weights=cfg.weights,
                         loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, weight=cfg.weight,
                         lat_temperature=cfg.lat_temperature, target_ms=target, seed=cfg.seed,
                         limit=cfg.limit, predictor=str(run.path(PREDICTOR_FILE)), threads=_train_threads(cfg))
@@ -407,6 +412,7 @@ def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str
          "uniform_predicted_ms": uniform, "log": res.log,
          "resumed_from_epoch": res.resumed_from,
          "probabilities": arch.meta.get("probabilities"), "test_acc_supernet": arch.meta.get("test_acc_supernet"),
+         "train_acc_after_warmup": arch.meta.get("train_acc_after_warmup"), "weights": cfg.weights,
          "fastest_ms": arch.meta["fastest_ms"] + overhead, "slowest_ms": arch.meta["slowest_ms"] + overhead}
     how = "" if cfg.target_speedup is None else f": fastest uniform / {cfg.target_speedup:g}"
     tgt = "no target" if target_ms is None else f"target {target_ms:.4g} ms{how}"
@@ -592,7 +598,8 @@ def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[s
     members = []
     part = run.dir / "baseline"
     part.mkdir(exist_ok=True)
-    for op, arch in _baseline_archs(cfg, load_space(cfg.space)).items():
+    space = load_space(cfg.space)
+    for op, arch in _baseline_archs(cfg, space).items():
         done = part / f"{op}.json"
         if done.exists():  # finished before a kill: keep it
             from hwnas.rundir import read_json
@@ -612,7 +619,22 @@ def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[s
         write_json(done, m)
         members.append(m)
     ok = [m for m in members if m["measured_ms"] is not None]
-    return {"members": members}, ", ".join(f"{m['op']} {m['measured_ms']:.3g} ms acc {m['test_acc']:.3f}" for m in ok)
+    inherited = _inherited(run, cfg, space, members)
+    return ({"members": members, "inherited": inherited},
+            ", ".join(f"{m['op']} {m['measured_ms']:.3g} ms acc {m['test_acc']:.3f}" for m in ok))
+
+
+def _inherited(run: Run, cfg: RunConfig, space, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """The accuracy the found network and each baseline inherit from the supernet (BN recalibrated),
+    beside their accuracy trained from scratch: how well the supernet ranks networks."""
+    from search.train import inherited_accuracy
+
+    found = run.result("measure") or {}
+    nets = {"found": found.get("choices")} | {m["op"]: space.uniform_choices(m["op"]) for m in members}
+    nets = {k: v for k, v in nets.items() if v is not None}
+    accs = inherited_accuracy(run.path(ARCH_FILE).parent, list(nets.values()), threads=_train_threads(cfg))
+    scratch = {"found": (run.result("train") or {}).get("test_acc")} | {m["op"]: m["test_acc"] for m in members}
+    return {k: {"inherited_acc": a, "scratch_acc": scratch.get(k)} for k, a in zip(nets, accs)}
 
 
 def stage_report(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:

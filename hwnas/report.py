@@ -292,6 +292,17 @@ def summary(run: Path) -> dict[str, Any]:
             s["predictor"]["blocks_loo"]["flops_baseline_mape"] = bl["flops_baseline"]["mape"]
         if pred.get("networks"):
             s["predictor"]["networks_loo"] = pred["networks"]["metrics_loo"]
+    if search:
+        inh = (base or {}).get("inherited") or {}
+        pairs = [(v["inherited_acc"], v["scratch_acc"]) for v in inh.values() if v.get("scratch_acc") is not None]
+        tau = None
+        if len(pairs) >= 3:
+            from scipy.stats import kendalltau
+
+            tau = float(kendalltau(*zip(*pairs)).statistic)
+        s["supernet"] = {"weights": search.get("weights"), "train_acc_after_warmup": search.get("train_acc_after_warmup"),
+                         "test_acc_of_found_subnet": search.get("test_acc_supernet"), "inherited": inh,
+                         "kendall_tau_inherited_vs_scratch": None if tau is None or np.isnan(tau) else tau}
     if base:
         s["baseline"] = [{k: b.get(k) for k in ("op", "measured_ms", "predicted_ms", "test_acc", "test_acc_seeds")}
                          for b in base["members"]]
@@ -544,6 +555,20 @@ def _search(ctx: _Context, r: Run) -> list[str]:
         labels = [[_op_label(c) for c in space.layers[i].candidates] for i in space.searchable]
         curves, probs = plot_search(search, ctx.plots / "search_curves.png", ctx.plots / "search_probabilities.png",
                                     labels)
+    sn = summary(ctx.run).get("supernet") or {}
+    if sn:
+        tw, ts = sn.get("train_acc_after_warmup"), sn.get("test_acc_of_found_subnet")
+        out.append(f"<p>Supernet ({html.escape(str(sn.get('weights')))} weights): train accuracy after the warm-up "
+                   f"{'—' if tw is None else f'{tw:.4f}'}; the found sub-network's test accuracy in the supernet "
+                   f"{'—' if ts is None else f'{ts:.4f}'}.</p>")
+        if sn.get("inherited"):
+            tau = sn.get("kendall_tau_inherited_vs_scratch")
+            out.append(_table([[k, f"{v['inherited_acc']:.4f}", "—" if v.get("scratch_acc") is None
+                                else f"{v['scratch_acc']:.4f}"] for k, v in sn["inherited"].items()],
+                              ["network", "accuracy inherited from the supernet (BN recalibrated)",
+                               "accuracy trained from scratch"])
+                       + f"<p>Kendall τ between the two: {'—' if tau is None else f'{tau:.2f}'} "
+                         f"(over {len(sn['inherited'])} networks; the benchmark measures it over more).</p>")
     return out + [_img(curves, "search curves"), _img(probs, "architecture probabilities")]
 
 

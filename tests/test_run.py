@@ -100,6 +100,13 @@ def test_run_resumes_by_stage_and_writes_a_report(tmp_path):
     assert 0 <= s["accuracy"] <= 1
     assert set(s["stage_seconds"]) == set(STAGES)
     assert [b["op"] for b in s["baseline"]] == ["k3e3"]
+    # the supernet's own quality, and each network's inherited accuracy beside its from-scratch one
+    sn = s["supernet"]
+    assert sn["weights"] == "shared" and 0 < sn["train_acc_after_warmup"] <= 1
+    assert set(sn["inherited"]) == {"found", "k3e3"}
+    assert sn["inherited"]["k3e3"]["scratch_acc"] == s["baseline"][0]["test_acc"]
+    assert all(0 <= v["inherited_acc"] <= 1 for v in sn["inherited"].values())
+    assert s["comparison"]["seed_spread"] is not None and len(s["baseline"][0]["test_acc_seeds"]) == 2
     run_dir = Path(cfg.out)
     search = json.loads((run_dir / "search.json").read_text())
     # the target is relative to the uniform network's predicted latency on this machine

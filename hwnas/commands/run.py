@@ -25,6 +25,9 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "threads": (int, "runtime threads while timing (count)"),
     "calibrate": (int, "random networks timed end to end to fit the per-network overhead (count; 0: none)"),
     "predictor": (str, "latency model: hybrid (table where measured, regression elsewhere), lut, regression"),
+    "weights": (str, "supernet candidates: shared (one 7x7 superkernel per layer whose centres are the 3x3 and 5x5 "
+                     "kernels, smaller expansions the first channels of the largest: every step trains every "
+                     "candidate) or separate (ProxylessNAS: each candidate its own weights)"),
     "search_epochs": (int, "search epochs, warm-up included (count)"),
     "warmup_epochs": (int, "weight-only epochs before the architecture is updated (count)"),
     "loss": (str, "latency loss: abs (CE + weight * |LAT / T - 1|: steers to T), ratio (CE * (LAT / T)^beta), ceiling (CE * max(1, LAT / T)^beta: T binds), hinge (CE + weight * max(0, LAT / T - 1)), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),
