@@ -100,8 +100,16 @@ def fit_linear(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Seque
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    a, c = np.polyfit(x, y, 1)
+    """y = a x + c fitted on relative residuals ((a x + c - y) / y): networks spanning 20x in latency
+    weigh alike, so the fast end (where a latency-bound search lands) is not left to the slow one."""
+    a, c = np.polyfit(x, y, 1, w=1.0 / y)
     return float(a), float(c)
+
+
+def _offset(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """y = x + c, c fitted on relative residuals (a weighted mean of y - x, weights 1 / y^2)."""
+    w = 1.0 / y ** 2
+    return 1.0, float(np.sum(w * (y - x)) / np.sum(w))
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ class NetworkFit:
 
 def choose_network_model(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float],
                          models: Sequence[str] = ("overhead", "linear")) -> tuple[Predictor, NetworkFit]:
-    """Fit each of ``models`` (overhead, linear) on the networks, score each by leave-one-out, and
+    """Fit each of ``models`` (overhead, linear) on the networks' relative errors, score each by leave-one-out, and
     return the chosen predictor: linear only where its leave-one-out MAPE is below 0.9x the
     overhead model's (the simpler model wins ties and small sets), with the record of the choice.
     """
@@ -139,7 +147,7 @@ def choose_network_model(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y
     y = _check(nets, y_ms)
     sums = np.array([float(np.sum(base.predict_ms(n))) for n in nets])
     n = len(y)
-    fitters = {"overhead": lambda x, t: (1.0, float(np.mean(t - x))), "linear": _line}
+    fitters = {"overhead": _offset, "linear": _line}
     tried: dict[str, dict[str, Any]] = {}
     for kind in models:
         if kind not in fitters:
@@ -163,9 +171,12 @@ def choose_network_model(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y
     for k, v in tried.items():
         if v["metrics_loo"] and tried[kind]["metrics_loo"] and v["metrics_loo"]["mape"] < 0.9 * tried[kind]["metrics_loo"]["mape"]:
             kind = k
-    pred = fit_linear(base, nets, y) if kind == "linear" else fit_overhead(base, nets, y)
-    pred.meta = dict(pred.meta, network_model=kind, network_scale=pred.network_scale)
     ch = tried[kind]
+    pred = copy.copy(base)
+    pred.network_scale = float(base.network_scale * ch["scale"])
+    pred.overhead_ms = float(ch["overhead_ms"])
+    pred.meta = dict(base.meta, network_model=kind, network_scale=pred.network_scale, overhead_from_networks=len(y),
+                     overhead_residual_rms_ms=float(np.sqrt(np.mean((ch["scale"] * sums + ch["overhead_ms"] - y) ** 2))))
     fit = NetworkFit(kind, float(pred.network_scale), float(pred.overhead_ms), sums.tolist(), y.tolist(),
                      ch["predicted_loo_ms"].tolist(), metrics(y, sums), ch["metrics_loo"],
                      {k: {"scale": v["scale"], "overhead_ms": v["overhead_ms"], "metrics_loo": v["metrics_loo"]}

@@ -92,12 +92,12 @@ class SearchSpace:
     def spanning_archs(self, block_ms: Mapping[str, float], n: int, seed: int = 0,
                        exclude: Sequence[str] = (), pool: int = 4000) -> list[tuple[list[int], ArchSpec]]:
         """``n`` distinct networks whose block sums (from ``block_ms``: block key -> ms, the zero op 0)
-        spread evenly over the space's latency range, from its fastest network to its slowest.
+        spread evenly (on a log scale) over the space's latency range, from its fastest network to its slowest.
 
         A network model fitted on them is then checked where a search may land, at either end, rather
         than only where uniform random draws cluster (the middle). Candidates are drawn layer by layer
         with probabilities ~ ms^-t, t from -3 (slow end) to 3 (fast end); the one nearest to each of
-        ``n`` evenly spaced latencies is kept. Networks whose key is in ``exclude`` (the uniform
+        ``n`` log-spaced latencies is kept. Networks whose key is in ``exclude`` (the uniform
         baselines, which check the model out of sample) are never chosen. Blocks without a number
         are never drawn.
         """
@@ -128,7 +128,8 @@ class SearchSpace:
         picked: list[tuple[list[int], ArchSpec]] = []
         used: set[int] = set()
         sums = np.array([v[0] for v in ordered])
-        for target in np.linspace(lo, hi, n):
+        # evenly on a log scale: the space spans 20x and more, and what matters is the relative error
+        for target in np.geomspace(lo, hi, n) if lo > 0 else np.linspace(lo, hi, n):
             for j in np.argsort(np.abs(sums - target)):
                 if int(j) not in used:
                     used.add(int(j))
