@@ -251,7 +251,7 @@ def _profile(cfg: RunConfig, models: list, progress: Progress, retime: bool = Fa
 
         adb = AdbOptions(runner=cfg.runner, tvm_rpc=cfg.tvm_rpc, remote_base=cfg.remote_dir)
     return profile(models, cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads, protocol=_protocol(cfg),
-                   cache_dir=cfg.cache_dir, progress=progress, adb=adb, retime=retime)
+                   cache_dir=cfg.cache_dir, progress=progress, adb=adb, remeasure=retime)
 
 
 def _train_threads(cfg: RunConfig) -> int:
@@ -287,8 +287,13 @@ def stage_profile(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[st
         raise RunError(f"no block of {cfg.space!r} could be measured on {cfg.device} with {cfg.backend}; "
                        f"first failure: {next(iter(failed.values()), 'unknown')}")
     out = {"space": cfg.space, "blocks": len(keys), "measured_now": len(res.measured), "reused": res.skipped,
-           "ok": len(ok), "failed": failed, "env": env, "db": cfg.db}
-    return out, f"{len(ok)}/{len(keys)} blocks measured ({len(res.measured)} now, {res.skipped} from the store)"
+           "ok": len(ok), "failed": failed, "env": env, "db": cfg.db, "retimed": res.retimed,
+           "unclean": res.unclean}
+    line = f"{len(ok)}/{len(keys)} blocks measured ({len(res.measured)} now, {res.skipped} from the store)"
+    if res.unclean:  # timed again and still disturbed: the predictor leaves them to its regression
+        line += (f"; {len(res.unclean)} could not be timed cleanly ({', '.join(sorted({f for v in res.unclean.values() for f in v}))}) "
+                 "and are not used as measured")
+    return out, line
 
 
 def _baseline_archs(cfg: RunConfig, space) -> dict[str, Any]:
@@ -307,15 +312,20 @@ def stage_calibrate(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[
     archs = space.spanning_archs(block_ms, cfg.calibrate, seed=cfg.seed + 1, exclude=exclude)
     if archs:
         _profile(cfg, [a for _, a in archs], progress)
+    from profiler.store import is_trusted
+
     got = _measured(cfg, [a.key for _, a in archs], "network")
+    # a network timed under interference (and again, still disturbed) is no ground to fit a model on
+    unclean = {a.key: got[a.key]["flags"] for _, a in archs if a.key in got and not is_trusted("ok", got[a.key]["flags"])}
     nets = [{"choices": c, "key": a.key, "blocks": a.keys, "measured_ms": got[a.key]["median_ms"]}
-            for c, a in archs if a.key in got]
+            for c, a in archs if a.key in got and a.key not in unclean]
     failed = _failures(cfg, [a.key for _, a in archs if a.key not in got], "network")
     span = (f" ({min(n['measured_ms'] for n in nets):.4g}-{max(n['measured_ms'] for n in nets):.4g} ms)"
             if nets else "")
-    return ({"networks": nets, "failed": failed},
+    return ({"networks": nets, "failed": failed, "unclean": unclean},
             f"{len(nets)} networks spanning the space timed end to end{span}"
-            + (f", {len(failed)} failed" if failed else ""))
+            + (f", {len(failed)} failed" if failed else "")
+            + (f", {len(unclean)} left out: not timed cleanly" if unclean else ""))
 
 
 def _block_entries(cfg: RunConfig):

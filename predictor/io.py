@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import platform
 import time
@@ -32,6 +33,8 @@ from profiler.blocks import BlockKeyError, BlockSpec
 
 __all__ = ["read_lut_yaml", "write_lut_yaml", "save_predictor", "load_predictor", "store_rows",
            "read_networks", "FORMAT", "FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "hwnas-predictor"
 FORMAT_VERSION = 1
@@ -216,7 +219,12 @@ def _predictor_from_dict(d: dict[str, Any], source: str) -> Predictor:
 # ---- training rows ---------------------------------------------------------------------------------
 
 def _store_frame(db: str | Path, device: str | None, backend: str | None, threads: int | None):
-    """The latest measured block rows of one configuration in a store (DataFrame) and their metadata."""
+    """The latest trusted measured block rows of one configuration in a store (DataFrame), and metadata.
+
+    Rows flagged busy, interference or unconverged (`profiler.store.DISTRUST_FLAGS`) are left out with a
+    warning that names them (their keys are in ``meta["left_out_flagged"]``); when every row is flagged,
+    `PredictorError` says how to time them again.
+    """
     from profiler.store import RowFilter, Store
 
     if not Path(db).exists():
@@ -230,9 +238,24 @@ def _store_frame(db: str | Path, device: str | None, backend: str | None, thread
     if groups > 1:
         raise PredictorError(f"{db}: the rows mix {groups} configurations (device, target, threads, cores) of "
                              f"backend {backend!r}; narrow with --device / --threads")
+    from profiler.store import DISTRUST_FLAGS, is_trusted
+
+    trusted = df["flags"].map(lambda f: is_trusted("ok", f))
+    flagged = {k: [x for x in f if x in DISTRUST_FLAGS] for k, f in zip(df.block_key[~trusted], df["flags"][~trusted])}
+    if not trusted.any():
+        raise PredictorError(f"{db}: all {len(df)} measured blocks of backend {backend!r} are flagged "
+                             f"({', '.join(sorted({x for f in flagged.values() for x in f}))}): they were timed "
+                             f"under interference or did not settle; run the same `hwnas profile` again on a "
+                             f"quieter machine, which times flagged blocks again")
+    if flagged:
+        log.warning("%s: %d of %d measured blocks are flagged (%s) and left out, e.g. %s; run the same "
+                    "`hwnas profile` again on a quieter machine to time them again", db, len(flagged), len(df),
+                    ", ".join(sorted({x for f in flagged.values() for x in f})), next(iter(flagged)))
+    df = df[trusted]
     r0 = df.iloc[0]
     meta = {"source": str(db), "device": r0.device, "device_id": r0.device_id, "backend": r0.backend,
-            "target": r0.target, "threads": int(r0.threads), "cores": r0.cores, "statistic": "median_ms"}
+            "target": r0.target, "threads": int(r0.threads), "cores": r0.cores, "statistic": "median_ms",
+            "left_out_flagged": sorted(flagged)}
     return df, meta
 
 
@@ -240,8 +263,9 @@ def store_rows(db: str | Path, device: str | None = "local", backend: str | None
                threads: int | None = None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """Measured blocks of one configuration from a store: (keys, median ms, metadata).
 
-    Failures and network rows are left out. Raises `PredictorError` when nothing matches or when the
-    rows mix configurations (devices, thread counts, core sets) that must not share one predictor.
+    Failures, network rows and flagged rows (left out with a warning, see `_store_frame`) are not used.
+    Raises `PredictorError` when nothing matches, when every row is flagged, or when the rows mix
+    configurations (devices, thread counts, core sets) that must not share one predictor.
     """
     df, meta = _store_frame(db, device, backend, threads)
     return list(df.block_key), df.median_ms.to_numpy(dtype=float), meta

@@ -16,6 +16,7 @@ import time
 import traceback
 from typing import Any
 
+from profiler.measurement import TimingProtocol
 from profiler.timing import MeasureRequest, Peak, TimingReply, WorkerFailed
 
 __all__ = ["TimingWorker", "WorkerFailed", "serve", "redirect_output", "crash_reason"]
@@ -100,16 +101,42 @@ def _load(msg: dict[str, Any], threads: int):
         raise _StageError("load", e) from e
 
 
+_RECENT = 10  # samples looked back on when deciding that most are preempted
+HINT_TRUST = 1.5  # a stored quiet reference time is believed while this worker's calibration is within this factor
+_KERNEL = None  # the reference kernel, calibrated once per worker process (see profiler.interference)
+
+
+def _reference_kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        from profiler.interference import ReferenceKernel
+
+        k = ReferenceKernel()
+        k.calibrate()
+        _KERNEL = k
+    return _KERNEL
+
+
 def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, Any]:
     import numpy as np
 
     from profiler.devices import env_snapshot
+    from profiler.interference import CpuWait, NoiseRecord, chunk_size, sample_guarded
     from profiler.stats import median_rel_error
 
-    p = msg["protocol"]
+    p = TimingProtocol(**msg["protocol"])
     t_start = time.perf_counter()
+    remote = msg["device"].startswith("rpc:")
+    # the reference kernel and the waiting check watch this host's cores: meaningless for a remote device
+    guarded = p.detect_interference and not remote
+    kernel = _reference_kernel() if guarded else None  # calibrated before anything of the block is loaded
+    hint = msg.get("reference_quiet_ms")
+    if kernel is not None and hint and kernel.quiet_ms < HINT_TRUST * hint:
+        # a faster run seen earlier on these cores: this worker was calibrated while they were busy. A far
+        # faster one means the machine changed (another host, another clock): the calibration stands then
+        kernel.observe(hint)
     runner = _load(msg, threads)
-    if msg["device"].startswith("rpc:"):
+    if remote:
         # TVM RPC gives no access to the device's /sys: record when, and say that nothing else is known
         def env_snapshot(_cores):  # noqa: F811
             return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "remote": "no readings over TVM RPC"}
@@ -117,7 +144,7 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
 
     # warm-up: caches, lazy allocations, the runtime's first-call paths; never timed
     n, t_warm0, last = 0, time.perf_counter(), []
-    while n < p["warmup_runs"] or (time.perf_counter() - t_warm0) * 1e3 < p["warmup_ms"]:
+    while n < p.warmup_runs or (time.perf_counter() - t_warm0) * 1e3 < p.warmup_ms:
         t0 = time.perf_counter_ns()
         runner.run()
         last.append((time.perf_counter_ns() - t0) / 1e6)
@@ -126,24 +153,59 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
     if not all(np.all(np.isfinite(o)) for o in runner.outputs()):
         flags.append("nonfinite_output")
     per_call_ms = float(np.median(last[-5:]))
-    number = max(1, math.ceil(p["min_sample_ms"] / max(per_call_ms, 1e-4)))
+    number = max(1, math.ceil(p.min_sample_ms / max(per_call_ms, 1e-4)))
     sample = runner.timer(number)
 
-    samples: list[float] = []
+    samples: list[float] = []  # kept
+    dropped: list[float] = []
+    record = None
+    if kernel is not None:
+        wait = CpuWait()  # after warm-up: the runtime's thread pool exists now
+        record = NoiseRecord(kernel.quiet_ms, wait.source, chunk_size(per_call_ms * number, p.chunk_ms), [number])
+        ref = kernel.run_ms()
+        kernel.observe(ref)
+        record.reference_ms.append(ref)
+        recent: list[bool] = []  # per sample of the last few chunks: dropped for waiting?
     t_timed = time.perf_counter()
     converged = False
     while True:
-        samples.append(sample())
-        if len(samples) >= p["min_runs"] and median_rel_error(samples) <= p["target_rel_err"] \
-                and _stable(samples, p["drift_bound"]):
+        if record is not None:
+            kept, lost, ref, waited = sample_guarded(sample, kernel, wait, record, p.reference_slow_factor,
+                                                     p.max_wait_share, ref)
+            samples.extend(kept)
+            dropped.extend(lost)
+            recent = (recent + [True] * waited + [False] * (record.chunk_samples - waited))[-_RECENT:]
+            if number > 1 and len(recent) >= _RECENT and sum(recent) > _RECENT // 2:
+                # most samples were preempted: a neighbour takes turns on the core in slices shorter than
+                # a sample. Shorter samples (fewer calls each; each still a mean per call) fit between turns
+                number = max(1, number // 2)
+                sample = runner.timer(number)
+                record.inner_runs.append(number)
+                record.chunk_samples = chunk_size(per_call_ms * number, p.chunk_ms)
+                recent = []
+        else:
+            samples.append(sample())
+        if len(samples) >= p.min_runs and median_rel_error(samples) <= p.target_rel_err \
+                and _stable(samples, p.drift_bound):
             converged = True
             break
-        if len(samples) >= p["max_runs"] or time.perf_counter() - t_timed > p["max_seconds"]:
+        if len(samples) >= p.max_runs or time.perf_counter() - t_timed > p.max_seconds:
             break
+        if record is not None and (record.dropped > p.max_dropped or (
+                record.taken >= 4 * p.min_runs and record.dropped > p.interference_share * record.taken)):
+            break  # contention is the rule, not the exception: the row is flagged; do not spend more on it
     env_after = env_snapshot(cores)
-    if not converged:
+    if record is not None:
+        record.reference_quiet_ms = kernel.quiet_ms  # the lowest seen by now
+        env_after["noise"] = record.to_dict()
+        if len(samples) < p.min_runs or record.dropped > p.interference_share * record.taken:
+            # too few clean samples, or contention was the rule rather than the exception while timing
+            flags.append("interference")
+        if len(samples) < 3:
+            samples = samples + dropped  # nothing clean to speak of: keep what was measured, flagged
+    if not converged and p.flag_unconverged:
         flags.append("unconverged")
-    per_op = runner.per_op(p["per_op_runs"]) if msg.get("per_op") else None
+    per_op = runner.per_op(p.per_op_runs) if msg.get("per_op") else None
     return {"samples_ms": samples, "inner_runs": number, "env_before": env_before, "env_after": env_after,
             "flags": flags, "per_op": per_op, "wall_s": time.perf_counter() - t_start}
 

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeviceSpec", "DeviceError", "parse_device", "local_info", "env_snapshot", "parse_cores",
-           "default_cores", "format_cores"]
+__all__ = ["DeviceSpec", "DeviceError", "TooManyThreads", "parse_device", "local_info", "env_snapshot", "parse_cores",
+           "default_cores", "format_cores", "check_threads", "cores_busy_share"]
 
 
 class DeviceError(ValueError):
     """A device spec is malformed, or the device is not usable."""
+
+
+class TooManyThreads(DeviceError):
+    """More runtime threads were asked for than there are cores to run them on."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,26 @@ def format_cores(cores: list[int]) -> str:
     return ",".join(out)
 
 
+def check_threads(threads: int, cores: str | None = None) -> None:
+    """Refuse a thread count above the cores this process may use (or above the `cores` list given).
+
+    More threads than cores times the scheduler taking turns, not the block: the numbers would be
+    stored as a measurement many times too slow.
+
+    Raises:
+        TooManyThreads: naming the count that fits.
+    """
+    avail = sorted(os.sched_getaffinity(0))
+    if threads > len(avail):
+        raise TooManyThreads(f"--threads {threads} is more than the {len(avail)} core(s) this process may use "
+                             f"({format_cores(avail)}); use --threads {len(avail)} or fewer")
+    if cores:
+        chosen = parse_cores(cores)
+        if threads > len(chosen):
+            raise TooManyThreads(f"--threads {threads} is more than the {len(chosen)} core(s) of --cores {cores}; "
+                                 f"use --threads {len(chosen)} or fewer, or name more cores")
+
+
 def default_cores(threads: int) -> list[int]:
     """The fastest `threads` cores by max frequency, preferring the highest-numbered ones
     (core 0 takes most interrupts, and the harness itself runs wherever the scheduler likes)."""
@@ -189,6 +213,29 @@ def temperatures_c() -> dict[str, float]:
             name = _read(f"{z}/type") or Path(z).name
             out[f"{Path(z).name}:{name}"] = t / 1000 if abs(t) > 200 else float(t)
     return out
+
+
+def _cpu_times(cores: list[int]) -> tuple[int, int]:
+    """(busy, total) clock ticks of `cores` since boot, from /proc/stat (busy: all but idle and iowait)."""
+    busy = total = 0
+    text = _read("/proc/stat") or ""
+    want = {f"cpu{c}" for c in cores}
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] in want:
+            ticks = [int(x) for x in parts[1:9]]
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def cores_busy_share(cores: list[int], window_s: float = 0.5) -> float | None:
+    """Share (0..1) of the time `cores` ran something during the next `window_s` seconds; None where
+    /proc/stat does not say."""
+    b0, t0 = _cpu_times(cores)
+    time.sleep(window_s)
+    b1, t1 = _cpu_times(cores)
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else None
 
 
 def env_snapshot(cores: list[int]) -> dict[str, Any]:

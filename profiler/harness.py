@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Sequence
 from profiler.backends import Artifact, BackendUnavailable, get_backend
 from profiler.blocks import ArchSpec, BlockSpec, flops
 from profiler.compile import compile_many, default_cache_dir, log_path
-from profiler.devices import (DeviceError, DeviceSpec, cpu_model, default_cores, format_cores, local_id, parse_cores,
-                              parse_device)
+from profiler.devices import (DeviceError, DeviceSpec, check_threads, cores_busy_share, cpu_model, default_cores,
+                              format_cores, local_id, parse_cores, parse_device)
+from profiler.interference import QuietTimes
 from profiler.measurement import Config, Measurement, TimingProtocol
 from profiler.stats import summarize
-from profiler.store import Store, owner_id
+from profiler.store import DISTRUST_FLAGS, Store, is_trusted, owner_id
 from profiler.timing import MeasureRequest, Timer, WorkerFailed
 from profiler._worker import TimingWorker
 
@@ -48,12 +49,25 @@ class Progress:
 class ProfileResult:
     config: Config
     total: int  # blocks asked for
-    skipped: int  # already stored
-    measured: list[Measurement] = field(default_factory=list)
+    skipped: int  # already stored (trusted, or flagged with retime_flagged=0), or taken by another process
+    measured: list[Measurement] = field(default_factory=list)  # this run's final row per block, status ok
     failed: list[Measurement] = field(default_factory=list)
     compiled: int = 0  # artifacts built in this run (not from the cache)
     peak_gflops: float | None = None
     wall_s: float = 0.0
+    retimed: int = 0  # extra timings of flagged blocks in this run
+    # block key -> flags, for the blocks asked for whose stored row is still distrusted (see DISTRUST_FLAGS):
+    # they could not be timed cleanly; readers that fit or search leave them out
+    unclean: dict[str, list[str]] = field(default_factory=dict)
+
+    def unclean_line(self) -> str | None:
+        """One line naming the blocks that could not be timed cleanly, or None."""
+        if not self.unclean:
+            return None
+        items = [f"{k} ({','.join(f for f in fl if f in DISTRUST_FLAGS)})" for k, fl in self.unclean.items()]
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        return (f"{len(items)} block(s) could not be timed cleanly: {'; '.join(items[:3])}{more}. They stay flagged "
+                f"and fits leave them out; run the same command on a quieter machine to time them again")
 
 
 @contextlib.contextmanager
@@ -104,7 +118,13 @@ def _timing_worker(core_list: list[int], threads: int, cache: Path) -> Iterator[
         yield worker
 
 
-def _flags(env_before: dict, env_after: dict, protocol: TimingProtocol, ncores: int) -> list[str]:
+def _flags(env_before: dict, env_after: dict, protocol: TimingProtocol) -> list[str]:
+    """What the readings before and after timing say: a core's clock fell, the device warmed up.
+
+    (Interference is the timer's own finding: see `profiler.interference`. The 1-minute load average
+    once flagged "busy" here; it counts this run's own compile jobs and misses a neighbour sharing the
+    timing core when the load is low, so it is recorded in the row but no longer flags it.)
+    """
     flags = []
     fb, fa = env_before.get("freq_mhz", {}), env_after.get("freq_mhz", {})
     if any(c in fa and fa[c] < fb[c] * (1 - protocol.freq_drop_share) for c in fb):
@@ -112,9 +132,6 @@ def _flags(env_before: dict, env_after: dict, protocol: TimingProtocol, ncores: 
     tb, ta = env_before.get("temp_c", {}), env_after.get("temp_c", {})
     if tb and ta and max(ta.values()) - max(tb.values()) > protocol.temp_rise_c:
         flags.append("temp_rise")
-    load = env_before.get("loadavg") or [0]
-    if load[0] > ncores + 0.5:
-        flags.append("busy")
     return flags
 
 
@@ -132,10 +149,12 @@ class ProfileOptions:
     per_op: bool = False
     tune_trials: int = 0
     retry_failed: bool = False
-    retime: bool = False  # measure again even where an ok row is stored; the new row replaces it
+    remeasure: bool = False  # time every model again even where a trusted row is stored; the new row replaces it
     cross: str | None = None
     gpu: bool = False
     adb: "AdbOptions | None" = None
+    retime_flagged: int = 2  # blocks whose row is flagged (DISTRUST_FLAGS) are timed up to this many more times
+    retime_wait_s: float = 10.0  # before each re-time, wait up to this long for the timing cores to be quiet
 
     @property
     def cache_path(self) -> Path:
@@ -153,6 +172,7 @@ class Session:
     remote: bool  # the timer's cores are not this host's (no peak, no host description in rows)
     per_op: bool = False
     tune_trials: int = 0
+    local_cores: tuple[int, ...] = ()  # this host's cores that time (waited on to be quiet); () if remote
 
 
 def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store | str | Path,
@@ -160,7 +180,7 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
             protocol: TimingProtocol | None = None, jobs: int | None = None, cache_dir: str | Path | None = None,
             per_op: bool = False, tune_trials: int = 0, retry_failed: bool = False, cross: str | None = None,
             progress: Progress | None = None, adb: "AdbOptions | None" = None, gpu: bool = False,
-            retime: bool = False) -> ProfileResult:
+            retime_flagged: int = 2, retime_wait_s: float = 10.0, remeasure: bool = False) -> ProfileResult:
     """Profile `models` with `backend` on `device` and write every result to `store`.
 
     Args:
@@ -176,23 +196,28 @@ def profile(models: Sequence[BlockSpec | ArchSpec], backend: str, store: Store |
         per_op: also record per-operator timings where the backend gives them (ExecuTorch ETDump).
         tune_trials: MetaSchedule trials per block for TVM (0: untuned default schedules).
         retry_failed: measure again the blocks whose stored row is a failure.
-        retime: measure every model again, even where an ok row is stored; the new row replaces it
-            (a network whose measurement disagrees with its prediction is timed a second time).
         cross: build for another kind of device than the host ("aarch64-android", "aarch64-linux");
             only with a remote device.
         gpu: time on the device's GPU: a phone's through OpenCL (tvm) or Vulkan (executorch, a runner
             built with the Vulkan backend); refused where the device has none. The host's GPU is local:cuda.
         adb: how to reach and use an adb device (`profiler.adb.device.AdbOptions`: runner, folders, core
             mask, temperature bound, reconnect budget).
+        retime_flagged: a block whose row is flagged busy, interference or unconverged (stored by an
+            earlier run, or just taken) is timed up to this many more times in this run; what stays
+            flagged is listed in `ProfileResult.unclean`. 0: flagged stored rows are skipped like others.
+        retime_wait_s: before each re-time, wait up to this long for the timing cores to be quiet (seconds).
+        remeasure: time every model again, even where a trusted row is stored; the new row replaces it
+            (a network whose measurement disagrees with its prediction is timed a second time).
 
     Raises:
-        DeviceError, BackendUnavailable, ValueError: bad device, backend or options (nothing stored).
+        DeviceError, BackendUnavailable, ValueError: bad device, backend or options (nothing stored);
+            TooManyThreads (a DeviceError): more threads than the cores this process may use.
         DeviceGone: an adb device stayed unreachable mid-run (what was measured is stored).
     """
     options = ProfileOptions(backend=backend, device=device, threads=threads, cores=cores,
                              protocol=protocol or TimingProtocol(), jobs=jobs, cache_dir=cache_dir, per_op=per_op,
-                             tune_trials=tune_trials, retry_failed=retry_failed, retime=retime, cross=cross, gpu=gpu,
-                             adb=adb)
+                             tune_trials=tune_trials, retry_failed=retry_failed, cross=cross, gpu=gpu, adb=adb,
+                             retime_flagged=retime_flagged, retime_wait_s=retime_wait_s, remeasure=remeasure)
     return profile_with(models, store, options, progress)
 
 
@@ -205,6 +230,8 @@ def profile_with(models: Sequence[BlockSpec | ArchSpec], store: Store | str | Pa
     dev = parse_device(o.device)
     if o.threads < 1:
         raise ValueError("threads must be at least 1")
+    if o.retime_flagged < 0:
+        raise ValueError("retime_flagged is a count of extra attempts: 0 or more")
     if o.cross and dev.kind in ("local", "cuda"):
         raise DeviceError(f"--cross {o.cross} builds for another device; name it with --device rpc:HOST:PORT/KEY")
     be = get_backend(o.backend)
@@ -224,6 +251,8 @@ def profile_with(models: Sequence[BlockSpec | ArchSpec], store: Store | str | Pa
 def _host_session(dev: DeviceSpec, be, o: ProfileOptions) -> Iterator[Session]:
     """This host's CPU (local), its CUDA GPU (local:cuda), or a device behind a TVM RPC tracker (rpc):
     timed by the pinned local worker (which, for rpc, only holds the RPC session)."""
+    if dev.kind in ("local", "cuda"):
+        check_threads(o.threads, o.cores)
     core_list = parse_cores(o.cores) if o.cores else default_cores(o.threads)
     if dev.kind == "rpc" and be.name != "tvm":
         raise BackendUnavailable(f"{dev.spec}: only the tvm backend runs through a TVM RPC tracker")
@@ -248,7 +277,7 @@ def _host_session(dev: DeviceSpec, be, o: ProfileOptions) -> Iterator[Session]:
     remote = dev.kind == "rpc"
     config = Config(dev.spec, device_id, be.name, target, o.threads, "remote" if remote else format_cores(core_list))
     yield Session(config, _timing_worker(core_list, o.threads, o.cache_path), dev.spec, remote, o.per_op,
-                  o.tune_trials)
+                  o.tune_trials, () if remote else tuple(core_list))
 
 
 def _phone_gpu(info: dict, api: str, spec: str) -> None:
@@ -332,8 +361,17 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
          progress: Progress, t_run: float) -> ProfileResult:
     config, protocol = session.config, o.protocol
     uniq = list(dict.fromkeys(models))
-    status = st.status_of(config)
-    todo = [m for m in uniq if o.retime or m.key not in status or (o.retry_failed and status[m.key] == "failed")]
+    stored = {r.block_key: r for r in st.latest(config, keys=[m.key for m in uniq]).itertuples()}
+
+    def wanted(model) -> bool:
+        r = stored.get(model.key)
+        if r is None or o.remeasure:
+            return True
+        if r.status == "failed":
+            return o.retry_failed
+        return o.retime_flagged > 0 and not is_trusted(r.status, r.flags)
+
+    todo = [m for m in uniq if wanted(m)]
     res = ProfileResult(config, len(uniq), len(uniq) - len(todo))
     versions = _versions(config.backend)
     compile_options: dict[str, Any] = {}
@@ -345,19 +383,30 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
     owner = owner_id()
     host = {"cpu_model": cpu_model(), "machine": platform.machine(), "os": f"{platform.system()} {platform.release()}"}
+    final: dict[str, Measurement] = {}  # block key -> this run's last result
 
     def record(m: Measurement) -> None:
-        st.put(m, replace=o.retime and m.status == "ok")
-        (res.measured if m.status == "ok" else res.failed).append(m)
+        if st.put(m, replace=o.remeasure):  # not written: a failure does not replace a flagged measurement
+            final[m.block_key] = m
 
     def failure(model, stage: str, error: str, compile_s: float | None = None) -> Measurement:
         return Measurement(model.key, config, "failed", kind="network" if isinstance(model, ArchSpec) else "block",
                            stage=stage, error=error, flops=_flops(model), compile_s=compile_s,
                            protocol=protocol.to_dict(), versions=versions)
 
-    if not todo:
+    def finish() -> ProfileResult:
+        res.measured = [m for m in final.values() if m.status == "ok"]
+        res.failed = [m for m in final.values() if m.status == "failed"]
+        for model in uniq:  # what is left distrusted: measured now, or stored and not timed again
+            m, r = final.get(model.key), stored.get(model.key)
+            status, flags = (m.status, m.flags) if m is not None else (r.status, r.flags) if r is not None else ("", [])
+            if status == "ok" and not is_trusted(status, flags):
+                res.unclean[model.key] = list(flags)
         res.wall_s = time.perf_counter() - t_run
         return res
+
+    if not todo:
+        return finish()
 
     # 1. compile everything that is missing (parallel), before any timing starts
     artifacts: dict[Any, Artifact] = {}
@@ -375,8 +424,45 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
                  on_compiled)
 
     # 2. time each artifact with the session's timer; store each row as soon as it is taken
+    def measure(timer: Timer, model, art: Artifact, retime: bool) -> bool:
+        """Time one block and store the row; False when another process holds or has stored it.
+
+        `retime`: a flagged row may be replaced (the block is being timed again because of it). Not for a
+        row that another process sharing the store wrote during this run: that one is its to re-time.
+        """
+        if not st.claim(config, model.key, owner, protocol.timeout_s + 60, o.retry_failed, retime_flagged=retime,
+                        retime=o.remeasure):
+            return False
+        request = MeasureRequest(art, session.worker_device, protocol, session.per_op,
+                                 quiet.get(quiet_key) if quiet else None)
+        try:
+            r = timer.measure(request, protocol.timeout_s)
+        except WorkerFailed as e:
+            record(failure(model, e.stage, e.error, art.compile_s))
+        else:
+            if quiet:
+                quiet.offer(quiet_key, (r.env_after.get("noise") or {}).get("reference_quiet_ms"))
+            record(Measurement(
+                model.key, config, "ok", kind="network" if isinstance(model, ArchSpec) else "block",
+                samples_ms=r.samples_ms, inner_runs=r.inner_runs, stats=summarize(r.samples_ms).__dict__.copy(),
+                flops=_flops(model), compile_s=art.compile_s, wall_s=r.wall_s,
+                flags=r.flags + _flags(r.env_before, r.env_after, protocol),
+                env_before={**r.env_before, **({} if session.remote else host), "cores": config.cores,
+                            "threads": config.threads},
+                env_after=r.env_after, protocol=protocol.to_dict(), versions=versions, per_op=r.per_op))
+        finally:
+            st.release(config, model.key, owner)
+        return True
+
+    def distrusted() -> list:
+        return [mo for mo in todo if mo.key in final and final[mo.key].status == "ok"
+                and not is_trusted("ok", final[mo.key].flags)]
+
+    # the reference kernel's quiet time on these cores, kept beside the compile cache (see profiler.interference)
+    quiet = QuietTimes(cache / "reference-quiet.json") if session.local_cores and protocol.detect_interference else None
+    quiet_key = QuietTimes.key(config.device_id, config.cores)
     progress.phase("measure", len(artifacts))
-    with session.timer as timer:
+    with session.timer as timer, _saved(quiet):
         if res.peak_gflops is None and not session.remote:
             try:
                 pk = timer.peak(protocol.timeout_s)
@@ -386,30 +472,48 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
                 progress.message(f"peak GFLOP/s not measured: {e.error}")
         for model in todo:
             art = artifacts.get(model)
-            if art is None:
-                continue
-            if not st.claim(config, model.key, owner, protocol.timeout_s + 60, o.retry_failed, o.retime):
+            if art is not None and not measure(timer, model, art, retime=model.key in stored):
                 res.skipped += 1  # measured, or being measured, by another process sharing this store
-                progress.advance("measure", model.key)
-                continue
-            request = MeasureRequest(art, session.worker_device, protocol, session.per_op)
-            try:
-                r = timer.measure(request, protocol.timeout_s)
-            except WorkerFailed as e:
-                record(failure(model, e.stage, e.error, art.compile_s))
-            else:
-                stats = summarize(r.samples_ms)
-                m = Measurement(
-                    model.key, config, "ok", kind="network" if isinstance(model, ArchSpec) else "block",
-                    samples_ms=r.samples_ms, inner_runs=r.inner_runs, stats=stats.__dict__.copy(),
-                    flops=_flops(model), compile_s=art.compile_s, wall_s=r.wall_s,
-                    flags=r.flags + _flags(r.env_before, r.env_after, protocol, len(os.sched_getaffinity(0))),
-                    env_before={**r.env_before, **({} if session.remote else host), "cores": config.cores,
-                                "threads": config.threads},
-                    env_after=r.env_after, protocol=protocol.to_dict(), versions=versions, per_op=r.per_op)
-                record(m)
-            finally:
-                st.release(config, model.key, owner)
             progress.advance("measure", model.key)
-    res.wall_s = time.perf_counter() - t_run
-    return res
+        # 3. blocks whose numbers were taken under interference (or did not settle): again, a bounded
+        # number of times, each after waiting briefly for the timing cores to quieten
+        for attempt in range(1, o.retime_flagged + 1):
+            again = distrusted()
+            if not again:
+                break
+            if session.local_cores:
+                share = _wait_quiet(session.local_cores, o.retime_wait_s)
+                if share is not None and share > _QUIET_SHARE:
+                    progress.message(f"the timing cores are still {100 * share:.0f}% busy with other work after "
+                                     f"{o.retime_wait_s:.0f} s; timing {len(again)} flagged block(s) again anyway")
+            progress.phase(f"retime {attempt}", len(again))
+            for model in again:
+                res.retimed += measure(timer, model, artifacts[model], retime=True)
+                progress.advance(f"retime {attempt}", model.key)
+    return finish()
+
+
+@contextlib.contextmanager
+def _saved(quiet: QuietTimes | None):
+    try:
+        yield
+    finally:
+        if quiet is not None:
+            try:
+                quiet.save()
+            except OSError:
+                pass  # a read-only cache folder: the hint is only an optimisation
+
+
+#: the timing cores count as quiet when other work keeps them busy less than this share of the time
+_QUIET_SHARE = 0.10
+
+
+def _wait_quiet(cores: Sequence[int], max_wait_s: float) -> float | None:
+    """Wait up to `max_wait_s` for `cores` to be quiet (this process is off them); the last busy share seen."""
+    deadline = time.monotonic() + max_wait_s
+    share = None
+    while True:
+        share = cores_busy_share(list(cores), window_s=0.5)
+        if share is None or share <= _QUIET_SHARE or time.monotonic() >= deadline:
+            return share

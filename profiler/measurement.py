@@ -30,15 +30,35 @@ class TimingProtocol:
     freq_drop_share: float = 0.10  # flag when a pinned core's frequency fell by more than this share
     temp_rise_c: float = 5.0  # flag when the hottest zone rose by more than this
     timeout_s: float = 300.0  # a block that takes longer than this to load and time is a failure
+    # interference (profiler.interference): samples are taken in chunks of about `chunk_ms`, each between
+    # two runs of a reference kernel; a chunk is dropped (and taken again) when a reference beside it is
+    # slower than `reference_slow_factor` x its quiet time, and a sample when the worker waited for a CPU longer than
+    # `max_wait_share` of the sample. At most `max_dropped` samples are dropped per block, and timing stops
+    # early once 4 x `min_runs` samples are taken with more than `interference_share` of them dropped; a
+    # block with fewer than `min_runs` clean samples, or with more than `interference_share` of its samples
+    # dropped, is flagged "interference" (its kept samples are stored; the next profile times it again).
+    detect_interference: bool = True
+    flag_unconverged: bool = True  # flag a block that hit the caps before the stopping rule was met
+    chunk_ms: float = 2.0
+    reference_slow_factor: float = 1.12
+    max_wait_share: float = 0.01
+    max_dropped: int = 300
+    interference_share: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def quick(cls) -> "TimingProtocol":
-        """For tests and smoke runs: fewer samples, looser bound."""
+        """For tests and smoke runs: fewer samples, a looser bound, and no verdict on noise.
+
+        Its rows are never flagged interference or unconverged (no interference check, no flag at the
+        caps), so a smoke run goes end to end on a busy machine and the same command finds it stored.
+        Its numbers show that things run; profile with the default protocol for numbers to fit.
+        """
         return cls(warmup_runs=3, warmup_ms=5.0, min_runs=5, max_runs=20, max_seconds=1.0,
-                   target_rel_err=0.05, drift_bound=0.2, min_sample_ms=0.2, per_op_runs=3)
+                   target_rel_err=0.05, drift_bound=0.2, min_sample_ms=0.2, per_op_runs=3,
+                   detect_interference=False, flag_unconverged=False)
 
 
 @dataclass(frozen=True)

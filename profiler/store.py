@@ -2,7 +2,9 @@
 
 A row is unique per (block key, device id, backend, target, threads, cores): re-running a
 profile skips what is stored, and a row is never duplicated, however the run was stopped.
-Failures are rows too (status 'failed', with the stage and the reason).
+Failures are rows too (status 'failed', with the stage and the reason). A row flagged with one of
+`DISTRUST_FLAGS` is kept until a new measurement replaces it; readers that fit ask `latest` for
+trusted rows only.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ CREATE TABLE IF NOT EXISTS device_peaks (
 
 
 _IDENT_COLS = ("block_key", "device_id", "backend", "target", "threads", "cores")
+_IDENT_WHERE = " AND ".join(f"{c}=?" for c in _IDENT_COLS)
 _FILTER_COLS = ("device", "device_id", "backend", "target", "threads", "cores", "kind", "block_key")
 
 #: flags that say a row's numbers were taken under interference or did not settle: such a row is re-timed
@@ -144,35 +147,52 @@ class Store:
 
     # ---- writing -----------------------------------------------------------------------------
     def put(self, m: Measurement, replace: bool = False) -> bool:
-        """Store `m` in its own transaction. A failed row may be replaced by a new result; an ok row
-        only with `replace` (a block re-timed on purpose). Returns whether the row was written."""
+        """Store `m` in its own transaction; returns whether the row was written.
+
+        A trusted measured row is never replaced, unless `replace` (a model re-timed on purpose: its
+        measurement disagreed with its prediction). A failed row is replaced by any new result; a
+        distrusted one (a flag in `DISTRUST_FLAGS`) by a new measurement, not by a failure (a number
+        taken under interference says more than none). A replaced row gets a new id: ids follow time.
+        """
         row = _to_row(m)
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in row if c not in
-                            ("block_key", "device_id", "backend", "target", "threads", "cores"))
-        cur = self._db.execute(
-            f"INSERT INTO measurements ({cols}) VALUES ({marks}) "
-            "ON CONFLICT (block_key, device_id, backend, target, threads, cores) "
-            f"DO UPDATE SET {updates}" + ("" if replace else " WHERE measurements.status = 'failed'"),
-            list(row.values()))
-        return cur.rowcount > 0
+        ident = tuple(row[c] for c in _IDENT_COLS)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            old = self._db.execute(f"SELECT status, flags FROM measurements WHERE {_IDENT_WHERE}", ident).fetchone()
+            if old is not None and not (replace and m.status == "ok") and not _replaceable(old[0], old[1], m.status):
+                self._db.execute("COMMIT")
+                return False
+            # the id is taken before the old row goes: SQLite would hand the deleted row's id out again
+            new_id = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM measurements").fetchone()[0]
+            self._db.execute(f"DELETE FROM measurements WHERE {_IDENT_WHERE}", ident)
+            marks = ", ".join("?" for _ in row)
+            self._db.execute(f"INSERT INTO measurements (id, {', '.join(row)}) VALUES (?, {marks})",
+                             [new_id, *row.values()])
+            self._db.execute("COMMIT")
+            return True
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def claim(self, config: Config, block_key: str, owner: str, stale_s: float, retry_failed: bool = False,
-              retime: bool = False) -> bool:
-        """Take `block_key` for measuring under `config`, unless it is stored already or another live
+              retime_flagged: bool = False, retime: bool = False) -> bool:
+        """Take `block_key` for measuring under `config`, unless it is stored already (a failure counts
+        as not stored with `retry_failed`, a distrusted row with `retime_flagged`) or another live
         process holds it. Several profiling processes sharing one store (a device farm) use this so
         that no block is measured twice. A claim whose owner died (same host, pid gone) or that is
         older than `stale_s` seconds is taken over."""
         ident = (block_key, config.device_id, config.backend, config.target, config.threads, config.cores)
-        where = "block_key=? AND device_id=? AND backend=? AND target=? AND threads=? AND cores=?"
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            row = self._db.execute(f"SELECT status FROM measurements WHERE {where}", ident).fetchone()
-            if row and not retime and (row[0] == "ok" or not retry_failed):
-                self._db.execute("COMMIT")
-                return False
-            held = self._db.execute(f"SELECT owner, claimed_at FROM claims WHERE {where}", ident).fetchone()
+            row = self._db.execute(f"SELECT status, flags FROM measurements WHERE {_IDENT_WHERE}", ident).fetchone()
+            if row is not None:
+                trusted = is_trusted(row[0], json.loads(row[1]) if row[1] else [])
+                again = retime or (row[0] == "failed" and retry_failed) or (row[0] == "ok" and not trusted
+                                                                            and retime_flagged)
+                if not again:
+                    self._db.execute("COMMIT")
+                    return False
+            held = self._db.execute(f"SELECT owner, claimed_at FROM claims WHERE {_IDENT_WHERE}", ident).fetchone()
             now = time.time()
             if held and held[0] != owner and now - held[1] < stale_s and _alive(held[0]):
                 self._db.execute("COMMIT")
@@ -195,14 +215,6 @@ class Store:
                          (device_id, threads, cores, gflops, method, time.strftime("%Y-%m-%dT%H:%M:%S%z")))
 
     # ---- reading -----------------------------------------------------------------------------
-    def status_of(self, config: Config) -> dict[str, str]:
-        """block key -> 'ok' | 'failed' for everything stored under `config`."""
-        cur = self._db.execute(
-            "SELECT block_key, status FROM measurements WHERE device_id=? AND backend=? AND target=? "
-            "AND threads=? AND cores=?", (config.device_id, config.backend, config.target, config.threads,
-                                          config.cores))
-        return dict(cur.fetchall())
-
     def peak(self, device_id: str, threads: int, cores: str) -> float | None:
         r = self._db.execute("SELECT gflops FROM device_peaks WHERE device_id=? AND threads=? AND cores=?",
                              (device_id, threads, cores)).fetchone()
@@ -311,6 +323,12 @@ def _alive(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _replaceable(old_status: str, old_flags: str | None, new_status: str) -> bool:
+    if old_status == "failed":
+        return True
+    return new_status == "ok" and not is_trusted(old_status, json.loads(old_flags) if old_flags else [])
 
 
 def _to_row(m: Measurement) -> dict[str, Any]:

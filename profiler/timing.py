@@ -29,22 +29,29 @@ class WorkerFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class MeasureRequest:
-    """Time `artifact` on `device` (a spec string) under `protocol`; `per_op` asks for per-operator times."""
+    """Time `artifact` on `device` (a spec string) under `protocol`; `per_op` asks for per-operator times.
+
+    `reference_quiet_ms`: the fastest run of the interference reference kernel seen on these cores in
+    earlier runs (see `profiler.interference`), or None; it keeps a worker that starts while the
+    machine is busy from taking a slowed reference for a quiet one.
+    """
 
     artifact: Artifact
     device: str
     protocol: TimingProtocol
     per_op: bool = False
+    reference_quiet_ms: float | None = None
 
     def to_msg(self) -> dict[str, Any]:
         """The plain dict that travels over the worker's pipe (and that `from_msg` reads back)."""
         return {"op": "measure", "artifact": self.artifact.to_dict(), "device": self.device,
-                "protocol": self.protocol.to_dict(), "per_op": self.per_op}
+                "protocol": self.protocol.to_dict(), "per_op": self.per_op,
+                "reference_quiet_ms": self.reference_quiet_ms}
 
     @classmethod
     def from_msg(cls, msg: dict[str, Any]) -> "MeasureRequest":
         return cls(Artifact.from_dict(msg["artifact"]), msg["device"], TimingProtocol(**msg["protocol"]),
-                   bool(msg.get("per_op")))
+                   bool(msg.get("per_op")), msg.get("reference_quiet_ms"))
 
 
 @dataclass(frozen=True)

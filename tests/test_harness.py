@@ -150,3 +150,54 @@ def test_store_refuses_truncated_database(tmp_path, cache_dir):
 
     with pytest.raises(StoreError):
         Store(db)
+
+
+def test_flagged_stored_row_is_timed_again_by_the_next_profile(tmp_path, cache_dir):
+    db = tmp_path / "r.db"
+    block = TINY[0]
+    profile([block], "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir, retime_flagged=0)
+    with sqlite3.connect(db) as c:  # as an older hwnas stored a row timed beside a busy neighbour
+        c.execute("""UPDATE measurements SET flags = '["busy"]'""")
+        (old_id,) = c.execute("SELECT id FROM measurements").fetchone()
+    # left alone when asked to, but reported as not timed cleanly
+    kept = profile([block], "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir, retime_flagged=0)
+    assert kept.skipped == 1 and kept.unclean == {block.key: ["busy"]}
+    assert "1 block(s) could not be timed cleanly" in kept.unclean_line() and block.key in kept.unclean_line()
+    # by default the next profile times it again and the new row replaces it (the quick protocol passes no
+    # verdict on noise, so the new row is trusted whatever this shared machine is doing)
+    r = profile([block], "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir, retime_wait_s=0)
+    assert (r.skipped, len(r.measured), r.retimed, r.unclean) == (0, 1, 0, {})
+    with Store(db) as st:
+        df = st.dataframe()
+        assert list(st.latest(r.config, trusted_only=True).id) == list(df.id)
+    assert len(df) == 1 and df.iloc[0].id > old_id and "busy" not in df.iloc[0]["flags"]
+
+
+def test_a_block_that_never_times_cleanly_is_retimed_a_bounded_number_of_times(tmp_path, cache_dir):
+    # a negative drift bound: the two halves never agree, so the stopping rule is never met and every
+    # timing ends flagged unconverged
+    never = TimingProtocol(**{**TimingProtocol.quick().to_dict(), "drift_bound": -1.0, "flag_unconverged": True})
+    db = tmp_path / "b.db"
+    r = profile(TINY[:1], "torch", db, protocol=never, cache_dir=cache_dir, retime_flagged=2, retime_wait_s=0)
+    assert r.retimed == 2 and len(r.measured) == 1
+    assert "unconverged" in r.unclean[TINY[0].key]
+    with Store(db) as st:
+        assert st.latest(r.config, trusted_only=True).empty and len(st.latest(r.config)) == 1
+
+
+def test_more_threads_than_cores_is_refused_before_anything_is_stored(tmp_path):
+    from profiler.devices import TooManyThreads
+
+    db = tmp_path / "t.db"
+    n = len(os.sched_getaffinity(0))
+    with pytest.raises(TooManyThreads, match=f"more than the {n} core"):
+        profile(TINY[:1], "torch", db, threads=n + 1)
+    if n >= 2:  # two threads on one named core
+        with pytest.raises(ValueError, match="--cores"):  # TooManyThreads is a ValueError, as other bad options
+            profile(TINY[:1], "torch", db, threads=2, cores=str(sorted(os.sched_getaffinity(0))[0]))
+    assert not db.exists()
+    r = _run_cli("profile", "--block", TINY[0].key, "--backend", "torch", "--db", str(db), "--threads", "10000")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--threads 10000" in lines[0] and f"--threads {n} or fewer" in lines[0]
+    assert not db.exists()

@@ -65,3 +65,43 @@ def test_retried_failure_becomes_the_latest_row(store):
 def test_dataframe_refuses_unknown_filters(store):
     with pytest.raises(ValueError, match="cannot filter on 'colour'"):
         store.dataframe(colour="red")
+
+
+def test_put_replaces_failed_and_distrusted_rows_but_never_a_trusted_one(store):
+    old = store.latest(A, keys=["k2"]).iloc[0]  # flagged busy
+    assert not store.put(_failed("k2", A))  # a failure says less than a number taken under interference
+    assert store.put(_ok("k2", A, 2.5))
+    new = store.latest(A, keys=["k2"]).iloc[0]
+    assert new.id > old.id and new.median_ms == pytest.approx(2.5) and new["flags"] == []
+    assert not store.put(_ok("k2", A, 9.0)) and not store.put(_ok("k1", A, 9.0, ["busy"]))
+    assert store.latest(A, keys=["k2"]).iloc[0].median_ms == pytest.approx(2.5)
+
+
+def test_claim_takes_a_distrusted_row_only_when_asked_to(store):
+    assert not store.claim(A, "k2", "me:1", 60)
+    assert store.claim(A, "k2", "me:1", 60, retime_flagged=True)
+    assert not store.claim(A, "k1", "me:1", 60, retry_failed=True, retime_flagged=True)  # trusted
+    assert store.claim(A, "k3", "me:1", 60, retry_failed=True)  # failed
+
+
+def test_predictor_readers_leave_out_flagged_rows_and_say_so(tmp_path, caplog):
+    from predictor import PredictorError
+    from predictor.io import store_entries, store_rows
+
+    db = tmp_path / "p.db"
+    with Store(db) as st:
+        st.put(_ok("k1", A, 1.0))
+        st.put(_ok("k2", A, 2.0, ["interference"]))
+        st.put(_ok("k3", A, 3.0, ["freq_drop"]))
+    with caplog.at_level("WARNING", logger="predictor.io"):
+        keys, y, meta = store_rows(db, device="local", backend="executorch", threads=1)
+    assert keys == ["k1", "k3"] and list(y) == [pytest.approx(1.0), pytest.approx(3.0)]
+    assert meta["left_out_flagged"] == ["k2"]
+    assert "1 of 3 measured blocks are flagged (interference) and left out" in caplog.text
+    entries, _ = store_entries(db, device="local", backend="executorch", threads=1)
+    assert sorted(entries) == ["k1", "k3"]
+    only_flagged = tmp_path / "f.db"
+    with Store(only_flagged) as st:
+        st.put(_ok("k2", A, 2.0, ["unconverged"]))
+    with pytest.raises(PredictorError, match="all 1 measured blocks .* are flagged \\(unconverged\\)"):
+        store_rows(only_flagged, device="local", backend="executorch", threads=1)

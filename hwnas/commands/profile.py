@@ -77,6 +77,10 @@ def register(sub) -> None:
     p.add_argument("--tune-trials", type=int, default=0,
                    help="TVM only: MetaSchedule tuning trials per block (count; 0 = untuned default schedules)")
     p.add_argument("--retry-failed", action="store_true", help="measure again the blocks stored as failures")
+    p.add_argument("--retime-flagged", type=int, default=2, metavar="N",
+                   help="time a block whose row is flagged busy, interference or unconverged (stored, or just "
+                        "taken) up to N more times, after waiting briefly for the timing cores to be quiet; "
+                        "0: leave flagged rows as they are (count)")
     p.add_argument("--limit", type=int, help="profile only the first N blocks of the space (count)")
     _adb_args(p, runner=True)
     g = p.add_argument_group("timing protocol")
@@ -88,6 +92,9 @@ def register(sub) -> None:
                    help="stop once the median's relative standard error is below this (fraction, 0.005 = 0.5%%)")
     g.add_argument("--min-sample-ms", type=float, default=2.0,
                    help="calls are batched so one sample lasts at least this long (milliseconds)")
+    g.add_argument("--no-interference-check", action="store_true",
+                   help="do not time the reference kernel between samples nor drop samples taken while another "
+                        "process had the timing core (local devices; for comparisons only)")
     g.add_argument("--quick", action="store_true", help="a fast, looser protocol for smoke runs")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=cmd_profile)
@@ -335,6 +342,13 @@ class _RichProgress:
 
 
 def _protocol(args):
+    import dataclasses
+
+    p = _base_protocol(args)
+    return dataclasses.replace(p, detect_interference=False) if args.no_interference_check else p
+
+
+def _base_protocol(args):
     from profiler.measurement import TimingProtocol
 
     if args.quick:
@@ -353,12 +367,17 @@ def _protocol(args):
 
 def cmd_profile(args) -> int:
     from profiler.blocks import BlockSpec
-    from profiler.harness import profile
+    from profiler.devices import check_threads, parse_device
+    from profiler.harness import ProfileOptions, profile_with
     from profiler.spaces import load_space
     from profiler.store import RowFilter, Store
 
     if args.threads < 1:
         raise UserError("--threads must be at least 1")
+    if args.retime_flagged < 0:
+        raise UserError("--retime-flagged must be 0 or more")
+    if parse_device(args.device).kind in ("local", "cuda"):
+        check_threads(args.threads, args.cores)  # before the store file is created
     if args.space:
         blocks = load_space(args.space).blocks()
     else:
@@ -374,11 +393,12 @@ def cmd_profile(args) -> int:
     console = Console(stderr=True)
     prog = None if args.json else _RichProgress(console)
     try:
-        res = profile(blocks, args.backend, store, device=args.device, threads=args.threads, cores=args.cores,
-                      protocol=protocol, jobs=args.jobs, cache_dir=args.cache_dir, per_op=args.per_op,
-                      tune_trials=args.tune_trials, retry_failed=args.retry_failed, cross=args.cross,
-                      progress=prog, adb=_adb_options(args) if args.device.startswith("adb:") else None,
-                      gpu=args.gpu)
+        options = ProfileOptions(
+            backend=args.backend, device=args.device, threads=args.threads, cores=args.cores, protocol=protocol,
+            jobs=args.jobs, cache_dir=args.cache_dir, per_op=args.per_op, tune_trials=args.tune_trials,
+            retry_failed=args.retry_failed, cross=args.cross, gpu=args.gpu,
+            adb=_adb_options(args) if args.device.startswith("adb:") else None, retime_flagged=args.retime_flagged)
+        res = profile_with(blocks, store, options, prog)
     finally:
         if prog:
             prog.stop()
@@ -390,10 +410,12 @@ def cmd_profile(args) -> int:
         "cores": res.config.cores, "blocks": res.total, "already_stored": res.skipped,
         "measured": len(res.measured), "failed_now": len(res.failed), "compiled": res.compiled,
         "failed_stored": int((df.status == "failed").sum()), "peak_gflops": res.peak_gflops,
-        "wall_s": round(res.wall_s, 2),
+        "wall_s": round(res.wall_s, 2), "retimed": res.retimed, "unclean": res.unclean,
     }
     if args.json:
         print(json.dumps({"summary": summary, "rows": _rows_json(df)}, indent=2))
+        if res.unclean:
+            print(res.unclean_line(), file=sys.stderr)
     else:
         _print_rows(df, res.peak_gflops, title=f"{res.config.backend} on {res.config.device} "
                                                 f"({res.config.threads} thread(s), cores {res.config.cores})")
@@ -402,6 +424,8 @@ def cmd_profile(args) -> int:
         if summary["failed_stored"]:
             print("failed blocks keep their reason in the store (`hwnas table --rows`); "
                   "`--retry-failed` measures them again")
+        if res.unclean:
+            print(res.unclean_line())
     return 1 if summary["failed_stored"] == res.total and res.total else 0
 
 

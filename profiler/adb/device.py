@@ -304,7 +304,7 @@ class AdbDevice:
         b = r["bench"]
         samples = b.samples_ms
         flags = []
-        if len(samples) >= 3 and median_rel_error(samples) > p.target_rel_err:
+        if p.flag_unconverged and len(samples) >= 3 and median_rel_error(samples) > p.target_rel_err:
             flags.append("unconverged")
         if b.time_source != "runner":
             flags.append("wall_clock")

@@ -1,0 +1,134 @@
+"""Interference caught while timing: the detector's rules, and a real neighbour on the timing core."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from profiler import Store, TimingProtocol, load_space, profile
+from profiler.harness import Progress
+from profiler.interference import (CpuWait, QuietTimes, ReferenceKernel, chunk_size, slow_reference,
+                                   waited_too_long)
+
+TINY = load_space("tiny").blocks()
+CORE = sorted(os.sched_getaffinity(0))[-1]
+SPIN = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
+
+
+def _neighbour(core: int) -> subprocess.Popen:
+    """A CPU-bound process pinned to `core` (it pins itself before it starts spinning)."""
+    p = subprocess.Popen([sys.executable, "-c", SPIN, str(core)])
+    deadline = time.time() + 10
+    while os.sched_getaffinity(p.pid) != {core}:  # pinned: from here on it shares the core
+        assert time.time() < deadline and p.poll() is None, "the neighbour did not start"
+        time.sleep(0.01)
+    return p
+
+
+def test_a_sample_is_dropped_when_its_threads_waited_and_a_chunk_when_a_reference_beside_it_was_slow():
+    assert not waited_too_long(5_000, 2.0, 0.01)  # waited 5 us of 2 ms
+    assert waited_too_long(50_000, 2.0, 0.01)  # 50 us > 1% of 2 ms
+    quiet = 0.100
+    assert not slow_reference(0.101, 0.105, quiet, 1.12)
+    assert slow_reference(0.120, 0.100, quiet, 1.12) and slow_reference(0.100, 0.113, quiet, 1.12)
+    assert chunk_size(2.5, 2.0) == 1 and chunk_size(0.2, 2.0) == 10 and chunk_size(0.0, 2.0) >= 1
+
+
+def test_reference_kernel_quiet_time_only_goes_down():
+    k = ReferenceKernel()
+    q = k.calibrate(runs=50, warmup=5)
+    assert 0 < q < 50  # ms: a small loop
+    k.observe(q * 2)
+    assert k.quiet_ms == q
+    k.observe(q / 2)
+    assert k.quiet_ms == q / 2
+
+
+def test_quiet_times_keep_the_fastest_run_per_cores(tmp_path):
+    path = tmp_path / "reference-quiet.json"
+    qt = QuietTimes(path)
+    key = QuietTimes.key("host/cpu", "1")
+    assert qt.get(key) is None
+    qt.offer(key, 0.2)
+    qt.offer(key, 0.3)  # slower: a busier moment, not kept
+    qt.save()
+    again = QuietTimes(path)
+    assert again.get(key) == 0.2 and again.get(QuietTimes.key("host/cpu", "0")) is None
+    path.write_text("not json")
+    assert QuietTimes(path).get(key) is None  # a damaged hint file is ignored, never fatal
+
+
+def test_cpu_wait_grows_while_a_neighbour_holds_the_core():
+    # two CPU-bound processes on one core: the scheduler must take turns, so this one waits
+    code = ("import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
+            "from profiler.interference import CpuWait\nw = CpuWait()\nw0 = w.now()\n"
+            "t = time.perf_counter()\nwhile time.perf_counter() - t < 0.4:\n    pass\nprint(w.source, w.now() - w0)\n")
+    nb = _neighbour(CORE)
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(CORE)], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout.split()
+    finally:
+        nb.kill()
+        nb.wait()
+    assert out[0] in ("schedstat", "nivcsw") and CpuWait().source == out[0]
+    assert int(out[1]) > 0
+
+
+class _NeighbourDuringTiming(Progress):
+    """Starts a CPU-bound neighbour on the timing core when timing starts, stops it after the first block."""
+
+    def __init__(self, core: int):
+        self.core, self.proc = core, None
+
+    def phase(self, name: str, total: int) -> None:
+        if name == "measure":
+            self.proc = _neighbour(self.core)
+
+    def advance(self, name: str, label: str) -> None:
+        if name == "measure":
+            self.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def test_samples_taken_beside_a_neighbour_on_the_timing_core_are_dropped(tmp_path, cache_dir):
+    # the neighbour shares the timing core for the whole of the first block's timing, which needs at
+    # least 100 clean 1-ms samples: it cannot go by without the worker being preempted
+    proto = TimingProtocol(warmup_runs=3, warmup_ms=5.0, min_runs=100, max_runs=300, max_seconds=5.0,
+                           min_sample_ms=1.0, max_dropped=2000)
+    db = tmp_path / "n.db"
+    prog = _NeighbourDuringTiming(CORE)
+    try:
+        r = profile(TINY[:2], "torch", db, cores=str(CORE), protocol=proto, cache_dir=cache_dir, progress=prog,
+                    retime_flagged=0)
+    finally:
+        prog.stop()
+    assert len(r.measured) == 2
+    with Store(db) as st:
+        row = st.latest(r.config, keys=[TINY[0].key]).iloc[0]
+    noise = row.env_after["noise"]
+    assert noise["dropped"] > 0 and noise["dropped_waited"] > 0
+    assert noise["taken"] >= noise["dropped"] and len(noise["reference_ms"]) >= 2
+    assert 0 < noise["reference_quiet_ms"] <= min(noise["reference_ms"])
+    if "interference" not in row["flags"]:
+        # the dropped samples were taken again: the row holds enough clean ones
+        assert row.n >= proto.min_runs and noise["taken"] == row.n + noise["dropped"]
+    # the fastest reference run is kept beside the compile cache for the next worker on this core
+    assert QuietTimes(cache_dir / "reference-quiet.json").get(QuietTimes.key(r.config.device_id, str(CORE)))
+
+
+def test_the_quick_protocol_passes_no_verdict_on_noise(tmp_path, cache_dir):
+    # smoke runs and tests go end to end on a busy machine: no check, no flag, nothing to time again
+    r = profile(TINY[:1], "torch", tmp_path / "o.db", protocol=TimingProtocol.quick(), cache_dir=cache_dir)
+    m = r.measured[0]
+    assert "noise" not in m.env_after and not {"interference", "unconverged"} & set(m.flags) and r.retimed == 0
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
