@@ -63,7 +63,7 @@ def register(sub) -> None:
                    help="time on the phone's GPU: OpenCL (Adreno, Mali) with --backend tvm, Vulkan with "
                         "--backend executorch (the runner must be built with ExecuTorch's Vulkan backend); "
                         "recorded in the row's target; refused where the phone has no such driver")
-    p.add_argument("--db", default="hwnas.db", help="SQLite store file (created if missing)")
+    p.add_argument("--db", default="data/hwnas.db", help="SQLite store file (created if missing; the same default as `hwnas run`)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads during timing (count)")
     p.add_argument("--cores", help="cores of the timing worker, e.g. 1 or 0-3 (default: the fastest "
                                    "THREADS cores, highest-numbered first)")
@@ -102,7 +102,7 @@ def register(sub) -> None:
     p = sub.add_parser("table", help="show or export the stored measurements", formatter_class=HELP_FMT,
                        description="Summarise the store per device and backend, print the rows, or export them "
                                    "to Parquet or CSV.")
-    p.add_argument("--db", default="hwnas.db", help="SQLite store file")
+    p.add_argument("--db", default="data/hwnas.db", help="SQLite store file")
     p.add_argument("--out", help="export the rows to this .parquet or .csv file")
     p.add_argument("--backend", help="only rows of this backend")
     p.add_argument("--device", help="only rows of this device spec (e.g. local)")
