@@ -342,8 +342,6 @@ class _RichProgress:
 
 
 def _protocol(args):
-    import dataclasses
-
     p = _base_protocol(args)
     return dataclasses.replace(p, detect_interference=False) if args.no_interference_check else p
 

@@ -1,0 +1,177 @@
+"""Benchmark: do two profiles of the same space agree, quiet and beside CPU-bound neighbours?
+
+Runs the real `hwnas profile` command into fresh stores (one compile cache, warm after the first run):
+
+  quiet-1, quiet-2   two back-to-back runs on a quiet machine (interference check on, the default);
+  quiet-nocheck      a quiet run with --no-interference-check (the check's cost: timing wall time);
+  busy               beside N `yes` processes writing to /dev/null (other tenants of the host), default flags;
+  busy-nocheck       the same neighbours, --no-interference-check --retime-flagged 0 (the behaviour before
+                     the check: every number stored and used).
+
+For each run against quiet-1: the share of blocks whose medians agree within 5 % (all rows), the rows the
+run flags as distrusted (busy, interference, unconverged: re-timed, then left out by fits), the share of
+the rows both runs trust that agree, and how many rows both runs trust are more than 5 % apart (noise
+that escaped). The check's cost: the summed per-row timing wall time (load, warm-up, samples) of
+quiet-1 over quiet-nocheck.
+
+    .venv/bin/python benchmarks/profile_agreement.py [--space proxyless-mobile] [--backend executorch]
+        [--neighbours 2] [--runs quiet-1 quiet-2 quiet-nocheck busy busy-nocheck] [--force]
+
+Refuses to start unless the 1-minute load average is below 0.5 (--force skips the check; the numbers then
+say little). Prints a table, writes benchmarks/results/profile_agreement-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from profiler.devices import local_info  # noqa: E402
+from profiler.store import Store, is_trusted  # noqa: E402
+
+RUNS = {  # name -> (neighbours?, extra CLI flags)
+    "quiet-1": (False, []),
+    "quiet-2": (False, []),
+    "quiet-nocheck": (False, ["--no-interference-check", "--retime-flagged", "0"]),
+    "busy": (True, []),
+    "busy-nocheck": (True, ["--no-interference-check", "--retime-flagged", "0"]),
+}
+
+
+@contextlib.contextmanager
+def neighbours(n: int):
+    """`n` CPU-bound processes (`yes` into /dev/null), unpinned, for the duration of the block."""
+    procs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        time.sleep(1.0)  # let the scheduler spread them
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def profile(db: Path, args, extra: list[str], env: dict) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "hwnas", "profile", "--space", args.space, "--backend", args.backend,
+           "--db", str(db), "--json", *extra]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"benchmark: {' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return wall, json.loads(p.stdout)
+
+
+def rows(db: Path):
+    with Store(db) as st:
+        df = st.latest(status="ok").set_index("block_key")
+    df["trusted"] = [is_trusted("ok", f) for f in df["flags"]]
+    return df
+
+
+def compare(ref, other) -> dict:
+    common = ref.index.intersection(other.index)
+    rel = (other.loc[common, "median_ms"] - ref.loc[common, "median_ms"]).abs() / ref.loc[common, "median_ms"]
+    trusted = other.loc[common, "trusted"]
+    both = trusted & ref.loc[common, "trusted"]
+    off = rel > 0.05
+    return {
+        "blocks": int(len(common)),
+        "agree_within_5pct": round(float((rel <= 0.05).mean()), 3),
+        "agree_within_10pct": round(float((rel <= 0.10).mean()), 3),
+        "worst": round(float(rel.max()), 3),
+        "flagged": int((~trusted).sum()),
+        "trusted_agree_within_5pct": round(float((rel[both] <= 0.05).mean()), 3) if both.any() else None,
+        "trusted_worst": round(float(rel[both].max()), 3) if both.any() else None,
+        # noise that escaped: both runs vouch for their numbers, yet they disagree
+        "off_by_5pct_both_trusted": int((off & both).sum()),
+        "off_by_10pct_both_trusted": int(((rel > 0.10) & both).sum()),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--space", default="proxyless-mobile")
+    ap.add_argument("--backend", default="executorch")
+    ap.add_argument("--neighbours", type=int, default=2, help="CPU-bound `yes` processes beside the busy runs")
+    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    ap.add_argument("--cache-dir", help="compile cache (default: $HWNAS_CACHE_DIR or ~/.cache/hwnas/artifacts)")
+    ap.add_argument("--force", action="store_true", help="run even if the machine is not quiet")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args()
+    load1 = os.getloadavg()[0]
+    if load1 >= 0.5 and not args.force:
+        raise SystemExit(f"benchmark: the 1-minute load average is {load1:.2f}; run it on a quiet machine "
+                         f"(below 0.5), or pass --force")
+    if "quiet-1" not in args.runs:
+        raise SystemExit("benchmark: quiet-1 is the reference run; keep it in --runs")
+    info = local_info()
+    env = dict(os.environ)
+    if args.cache_dir:
+        env["HWNAS_CACHE_DIR"] = args.cache_dir
+    results = {"machine": {k: info[k] for k in ("cpu_model", "cores", "machine", "os", "governor")},
+               "load_avg_at_start": [round(x, 2) for x in os.getloadavg()], "space": args.space,
+               "backend": args.backend, "neighbours": args.neighbours, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "commands": {}, "runs": {}}
+    frames = {}
+    with tempfile.TemporaryDirectory(prefix="hwnas-agree-") as tmp:
+        for name in args.runs:
+            busy, extra = RUNS[name]
+            db = Path(tmp) / f"{name}.db"
+            print(f"[{name}] profiling{' beside %d neighbours' % args.neighbours if busy else ''} ...", flush=True)
+            with neighbours(args.neighbours) if busy else contextlib.nullcontext():
+                wall, out = profile(db, args, extra, env)
+            frames[name] = rows(db)
+            s = out["summary"]
+            results["commands"][name] = (f"{'(beside %d x `yes > /dev/null`) ' % args.neighbours if busy else ''}"
+                                         f"hwnas profile --space {args.space} --backend {args.backend} "
+                                         f"--db {name}.db --json {' '.join(extra)}").strip()
+            results["runs"][name] = {"wall_s": round(wall, 1), "measured": s["measured"], "retimed": s["retimed"],
+                                     "unclean": len(s["unclean"]), "compiled": s["compiled"],
+                                     "timing_wall_s_sum": round(float(frames[name].wall_s.sum()), 1)}
+    ref = frames["quiet-1"]
+    for name in args.runs[1:] if args.runs[0] == "quiet-1" else [r for r in args.runs if r != "quiet-1"]:
+        results["runs"][name]["vs_quiet_1"] = compare(ref, frames[name])
+    results["runs"]["quiet-1"]["flagged"] = int((~ref.trusted).sum())
+    if "quiet-nocheck" in frames:
+        results["check_cost_timing_wall_ratio"] = round(
+            results["runs"]["quiet-1"]["timing_wall_s_sum"] / max(results["runs"]["quiet-nocheck"]["timing_wall_s_sum"],
+                                                                  1e-9), 2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"profile_agreement-{time.strftime('%Y%m%d-%H%M')}.json"
+    path.write_text(json.dumps(results, indent=2))
+
+    m = results["machine"]
+    print(f"\nmachine: {m['cpu_model']}, {m['cores']} cores, {m['os']}; load at start {results['load_avg_at_start']}; "
+          f"{args.backend} on {args.space}; busy runs beside {args.neighbours} x `yes > /dev/null`")
+    keys = ["agree_within_5pct", "agree_within_10pct", "worst", "flagged", "trusted_agree_within_5pct",
+            "trusted_worst", "off_by_5pct_both_trusted", "off_by_10pct_both_trusted"]
+    names = [n for n in args.runs if n != "quiet-1"]
+    print("| vs quiet-1 | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for k in keys:
+        print(f"| {k} | " + " | ".join(str(results["runs"][n]["vs_quiet_1"][k]) for n in names) + " |")
+    for k in ("wall_s", "timing_wall_s_sum", "retimed", "unclean"):
+        print(f"| {k} | " + " | ".join(str(results["runs"][n][k]) for n in names) + " |")
+    q1 = results["runs"]["quiet-1"]
+    print(f"quiet-1: wall {q1['wall_s']} s, timing {q1['timing_wall_s_sum']} s, flagged {q1['flagged']}")
+    if "check_cost_timing_wall_ratio" in results:
+        print(f"the check's cost: timing wall time quiet-1 / quiet-nocheck = {results['check_cost_timing_wall_ratio']}")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
