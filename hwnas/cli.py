@@ -34,12 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from profiler.devices import DeviceError
-    from profiler.store import StoreError
-    from search.latency import SearchError
-
-    # every error raised on purpose derives from HwnasError; the three below join it with their packages
-    return (HwnasError, DeviceError, StoreError, SearchError, FileNotFoundError)
+    # every error raised on purpose derives from HwnasError; a missing file named by the user is one too
+    return (HwnasError, FileNotFoundError)
 
 
 #: what an interrupt leaves behind, per command

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from profiler.errors import HwnasError
+
 __all__ = ["DeviceSpec", "DeviceError", "TooManyThreads", "parse_device", "local_info", "env_snapshot", "parse_cores",
            "default_cores", "format_cores", "check_threads", "cores_busy_share"]
 
 
-class DeviceError(ValueError):
+class DeviceError(HwnasError, ValueError):
     """A device spec is malformed, or the device is not usable."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from profiler.errors import HwnasError
 from profiler.measurement import Config, Measurement
 
 __all__ = ["Store", "StoreError", "RowFilter", "DISTRUST_FLAGS", "is_trusted"]
@@ -110,7 +111,7 @@ class RowFilter:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
 
 
-class StoreError(RuntimeError):
+class StoreError(HwnasError, RuntimeError):
     """The store file is missing, corrupt, foreign or from an incompatible version."""
 
 

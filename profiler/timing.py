@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from profiler.backends.base import Artifact
+from profiler.errors import HwnasError
 from profiler.measurement import TimingProtocol
 
 __all__ = ["MeasureRequest", "TimingReply", "Peak", "Timer", "WorkerFailed"]
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(HwnasError, RuntimeError):
     """A block could not be timed; `stage` says where ("load", "run", "timeout", "crash", "hot", ...)
     and `error` why, in one line. The harness stores it as a failed row."""
 

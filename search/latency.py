@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from profiler.blocks import BlockSpec
+from profiler.errors import HwnasError
 from profiler.spaces import SearchSpace
 
 __all__ = ["LatencyPredictor", "LatencyTable", "latency_loss", "StoredMedians", "SearchError", "LOSSES"]
@@ -24,7 +25,7 @@ __all__ = ["LatencyPredictor", "LatencyTable", "latency_loss", "StoredMedians", 
 LOSSES = ("add", "mul", "ratio", "ceiling", "hinge", "abs")
 
 
-class SearchError(ValueError):
+class SearchError(HwnasError, ValueError):
     """Bad input to a search (target, predictor, data, checkpoint): one line that says what to do."""
 
 
@@ -179,10 +180,14 @@ class StoredMedians:
 
         if not Path(db).exists():
             raise SearchError(f"{db}: no such store; profile the space first (`hwnas profile --db {db} ...`)")
+        from profiler.store import RowFilter
+
         with Store(db, create=False) as st:
-            df = st.dataframe(status="ok", backend=backend, device=device, threads=threads, kind="block")
+            # rows timed under interference are no latency to search with: `hwnas profile` re-times them
+            df = st.latest(RowFilter(backend=backend, device=device, threads=threads, kind="block"), trusted_only=True)
         if df.empty:
-            raise SearchError(f"{db}: no measured blocks for backend {backend!r} on device {device!r}")
+            raise SearchError(f"{db}: no cleanly measured blocks for backend {backend!r} on device {device!r}; "
+                              f"profile them (`hwnas profile --db {db} ...`)")
         cfgs = df.groupby(["device_id", "threads", "cores"]).ngroups
         if cfgs > 1:
             raise SearchError(f"{db}: {cfgs} configurations (device, threads, cores) for backend {backend!r}; "
