@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from hwnas.cli import UserError
+from hwnas.cli import UserError, check_out_file, write_error
 
 HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -179,6 +179,7 @@ def cmd_fit(args) -> int:
 
     if not (args.db or args.lut or args.networks):
         raise UserError("name the training data: --db DB, --lut FILE.yaml or --networks FILE.jsonl")
+    check_out_file(args.out, "predictor.json")  # before fitting, which can take minutes
     folds = _folds(args.folds)
     entries, meta = _entries(args)
     if (args.db or args.lut) and len(entries) < MIN_ROWS and args.model != "lut":
@@ -198,7 +199,10 @@ def cmd_fit(args) -> int:
     pred.meta = meta
     if hasattr(pred, "regression"):
         pred.regression.meta = meta
-    _user(save_predictor, pred, args.out)
+    try:
+        _user(save_predictor, pred, args.out)
+    except OSError as e:
+        raise write_error(args.out, e) from None
     reg = getattr(pred, "regression", pred)
     summary = {"out": args.out, "predictor": pred.describe(), "overhead_ms": pred.overhead_ms,
                "family": getattr(reg, "family", None), "cv": getattr(reg, "cv", {}),
@@ -419,6 +423,7 @@ def cmd_export_lut(args) -> int:
     from predictor.lut import Entry
     from profiler.spaces import load_space
 
+    check_out_file(args.out, "lut.yaml")
     pred = _load(args.predictor)
     space = load_space(args.space)
     blocks = space.blocks()
@@ -437,6 +442,10 @@ def cmd_export_lut(args) -> int:
               f"predictor: {args.predictor} ({pred.describe()}); device {meta.get('device', '?')}, "
               f"backend {meta.get('backend', '?')}\n"
               f"{measured} of {len(rows)} entries measured (count > 0), the rest predicted (count 0)")
-    write_lut_yaml(args.out, rows, header)
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_lut_yaml(args.out, rows, header)
+    except OSError as e:
+        raise write_error(args.out, e) from None
     print(f"wrote {args.out}: {len(rows)} blocks ({measured} measured, {len(rows) - measured} predicted)")
     return 0

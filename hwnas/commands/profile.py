@@ -9,7 +9,7 @@ import math
 import sys
 from typing import Any
 
-from hwnas.cli import UserError
+from hwnas.cli import UserError, check_out_file, write_error
 
 HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -478,12 +478,18 @@ def cmd_table(args) -> int:
 
     if not Path(args.db).exists():
         raise UserError(f"{args.db}: no such store; profile first (`hwnas profile ... --db {args.db}`)")
+    if args.out:
+        check_out_file(args.out, "rows.csv")
+        if not args.out.endswith((".parquet", ".csv")):
+            raise UserError(f"--out {args.out}: export to a .parquet or .csv file")
     store = Store(args.db, create=False)
     df = store.dataframe(backend=args.backend, device=args.device)
     if args.out:
-        if not args.out.endswith((".parquet", ".csv")):
-            raise UserError(f"--out {args.out}: export to a .parquet or .csv file")
-        store.export(args.out, backend=args.backend, device=args.device)
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            store.export(args.out, backend=args.backend, device=args.device)
+        except OSError as e:
+            raise write_error(args.out, e) from None
         print(f"wrote {len(df)} rows to {args.out}", file=sys.stderr)
     groups = []
     for (dev, dev_id, be, tgt, th, co), g in df.groupby(["device", "device_id", "backend", "target", "threads",

@@ -1,0 +1,92 @@
+"""Hostile input to the `hwnas` commands: one line on stderr, exit code 2, nothing created or damaged."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hwnas.cli import main
+from profiler.store import Store
+
+DATA = Path(__file__).parent / "data"
+LUT = DATA / "lut_proxyless_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def predictor_file(tmp_path_factory) -> Path:
+    """A real saved predictor (a lookup table fitted from the shipped LUT; no regression, so fast)."""
+    p = tmp_path_factory.mktemp("pred") / "p.json"
+    assert main(["fit", "--lut", str(LUT), "--model", "lut", "--out", str(p)]) == 0
+    return p
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _refused(capsys, root: Path, argv: list[str], message: str, before: set[str] | None = None) -> str:
+    """Run argv; assert exit 2, one stderr line containing message, and no new file under root."""
+    before = _tree(root) if before is None else before
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err, err
+    assert _tree(root) == before  # nothing created
+    return err
+
+
+# ---- 1. --out that cannot be written --------------------------------------------------------------
+
+def _out_argv(cmd: str, out: str, tmp: Path, predictor: Path) -> list[str]:
+    if cmd == "fit":
+        return ["fit", "--lut", str(LUT), "--model", "lut", "--out", out]
+    if cmd == "export-lut":
+        return ["export-lut", "--predictor", str(predictor), "--space", "tiny-mnist", "--out", out]
+    db = tmp / "m.db"
+    if not db.exists():
+        Store(db).close()
+    return ["table", "--db", str(db), "--out", out]
+
+
+@pytest.mark.parametrize("cmd", ["fit", "export-lut", "table"])
+@pytest.mark.parametrize("where, message", [
+    ("folder", "is a folder; name a file in it"),
+    ("under-a-file", "is a file, not a folder"),
+])
+def test_out_that_cannot_be_written_is_refused(tmp_path, capsys, predictor_file, cmd, where, message):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("keep me")
+    out = {"folder": tmp_path / "folder", "under-a-file": tmp_path / "afile" / "x.csv"}[where]
+    argv = _out_argv(cmd, str(out), tmp_path, predictor_file)
+    _refused(capsys, tmp_path, argv, message)
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only folders")
+@pytest.mark.parametrize("cmd", ["fit", "export-lut", "table"])
+def test_out_in_a_read_only_folder_is_refused(tmp_path, capsys, predictor_file, cmd):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    argv = _out_argv(cmd, str(ro / "x.csv"), tmp_path, predictor_file)
+    ro.chmod(0o555)
+    try:
+        _refused(capsys, tmp_path, argv, "permission denied")
+    finally:
+        ro.chmod(0o755)
+
+
+# ---- 2. a predictor file with a bad overhead ------------------------------------------------------
+
+@pytest.mark.parametrize("overhead", ["lots", float("nan"), float("inf"), True, [1]])
+def test_predictor_with_a_bad_overhead_is_refused(tmp_path, capsys, predictor_file, overhead):
+    d = json.loads(predictor_file.read_text())
+    d["overhead_ms"] = overhead
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(d))  # json writes NaN and Infinity as Python's json reads them
+    key = next(iter(d["table"]))
+    _refused(capsys, tmp_path, ["predict", "--predictor", str(bad), "--block", key],
+             "overhead_ms must be a finite number")
