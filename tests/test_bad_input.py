@@ -90,3 +90,43 @@ def test_predictor_with_a_bad_overhead_is_refused(tmp_path, capsys, predictor_fi
     key = next(iter(d["table"]))
     _refused(capsys, tmp_path, ["predict", "--predictor", str(bad), "--block", key],
              "overhead_ms must be a finite number")
+
+
+# ---- 3. numbers that make no sense -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def arch_file(tmp_path_factory) -> Path:
+    from profiler.spaces import load_space
+
+    p = tmp_path_factory.mktemp("arch") / "arch.json"
+    p.write_text(load_space("tiny-mnist").arch([0] * 7).to_json())
+    return p
+
+
+SEARCH = ["search", "--space", "tiny-mnist", "--data", "digits", "--predictor", "{pred}", "--out", "{tmp}/s"]
+TRAIN = ["train", "--arch", "{arch}", "--data", "digits", "--out", "{tmp}/t"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (TRAIN + ["--epochs", "0"], "--epochs 0: give a count of at least 1"),
+    (TRAIN + ["--batch-size", "0"], "--batch-size 0: give a count of at least 1"),
+    (TRAIN + ["--lr", "nan"], "--lr nan: give a positive, finite learning rate"),
+    (TRAIN + ["--lr", "-0.1"], "--lr -0.1: give a positive"),
+    (TRAIN + ["--threads", "0"], "--threads 0"),
+    (TRAIN + ["--limit", "0"], "--limit 0"),
+    (["verify", "--arch", "{arch}", "--backend", "torch", "--predictor", "{pred}", "--db", "{tmp}/v.db",
+      "--threads", "0"], "--threads 0: give a count of at least 1"),
+    (SEARCH + ["--target-ms", "nan"], "--target-ms nan: give a positive, finite latency in ms"),
+    (SEARCH + ["--target-ms", "inf"], "--target-ms inf"),
+    (SEARCH + ["--target-ms", "nan", "--loss", "mul"], "--target-ms nan"),
+    (SEARCH + ["--target-ms", "-2", "--loss", "ratio"], "--target-ms -2.0"),
+    (SEARCH + ["--epochs", "0"], "--epochs 0"),
+    (SEARCH + ["--batch-size", "0"], "--batch-size 0"),
+    (SEARCH + ["--lr", "inf"], "--lr inf"),
+    (SEARCH + ["--arch-lr", "nan"], "--arch-lr nan"),
+    (SEARCH + ["--lambda", "nan"], "--lambda nan: give a finite number, 0 or more"),
+    (SEARCH + ["--lat-temperature", "inf"], "--lat-temperature inf"),
+])
+def test_senseless_numbers_are_refused_before_any_work(tmp_path, capsys, predictor_file, arch_file, argv, message):
+    argv = [a.format(tmp=tmp_path, pred=predictor_file, arch=arch_file) for a in argv]
+    _refused(capsys, tmp_path, argv, message)
