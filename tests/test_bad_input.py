@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hwnas.cli import main
+from profiler.spaces import load_space
 from profiler.store import Store
 
 DATA = Path(__file__).parent / "data"
@@ -17,9 +18,9 @@ LUT = DATA / "lut_proxyless_tiny.yaml"
 
 @pytest.fixture(scope="module")
 def predictor_file(tmp_path_factory) -> Path:
-    """A real saved predictor (a lookup table fitted from the shipped LUT; no regression, so fast)."""
+    """A real saved predictor: a linear regression fitted to the shipped LUT (fast; predicts any block)."""
     p = tmp_path_factory.mktemp("pred") / "p.json"
-    assert main(["fit", "--lut", str(LUT), "--model", "lut", "--out", str(p)]) == 0
+    assert main(["fit", "--lut", str(LUT), "--model", "linear", "--out", str(p)]) == 0
     return p
 
 
@@ -33,7 +34,7 @@ def _refused(capsys, root: Path, argv: list[str], message: str, before: set[str]
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
-    assert len(err.strip().splitlines()) == 1, err
+    assert len(err.splitlines()) == 1, err  # no blank line either (a progress bar stopping leaves one)
     assert message in err, err
     assert _tree(root) == before  # nothing created
     return err
@@ -87,7 +88,7 @@ def test_predictor_with_a_bad_overhead_is_refused(tmp_path, capsys, predictor_fi
     d["overhead_ms"] = overhead
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(d))  # json writes NaN and Infinity as Python's json reads them
-    key = next(iter(d["table"]))
+    key = load_space("tiny-mnist").blocks()[0].key
     _refused(capsys, tmp_path, ["predict", "--predictor", str(bad), "--block", key],
              "overhead_ms must be a finite number")
 
@@ -96,8 +97,6 @@ def test_predictor_with_a_bad_overhead_is_refused(tmp_path, capsys, predictor_fi
 
 @pytest.fixture(scope="module")
 def arch_file(tmp_path_factory) -> Path:
-    from profiler.spaces import load_space
-
     p = tmp_path_factory.mktemp("arch") / "arch.json"
     p.write_text(load_space("tiny-mnist").arch([0] * 7).to_json())
     return p
@@ -130,3 +129,41 @@ TRAIN = ["train", "--arch", "{arch}", "--data", "digits", "--out", "{tmp}/t"]
 def test_senseless_numbers_are_refused_before_any_work(tmp_path, capsys, predictor_file, arch_file, argv, message):
     argv = [a.format(tmp=tmp_path, pred=predictor_file, arch=arch_file) for a in argv]
     _refused(capsys, tmp_path, argv, message)
+
+
+# ---- 4. an image folder with a file that is not an image ------------------------------------------
+
+def _image_folder(root: Path, bad: str) -> Path:
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype="uint8")).save(root / c / f"{i}.png")
+    (root / "dog" / bad).write_bytes(b"this is not a PNG at all")
+    return root
+
+
+@pytest.mark.parametrize("cmd", ["train", "search"])
+def test_undecodable_image_is_refused_by_name(tmp_path, capsys, predictor_file, arch_file, cmd):
+    imgs = _image_folder(tmp_path / "imgs", "broken.png")
+    argv = SEARCH if cmd == "search" else TRAIN
+    argv = [a.format(tmp=tmp_path, pred=predictor_file, arch=arch_file) for a in argv]
+    argv[argv.index("digits")] = str(imgs)
+    _refused(capsys, tmp_path, argv + ["--epochs", "1"], "broken.png: not an image Pillow can read")
+
+
+def test_truncated_image_is_named_when_read(tmp_path):
+    from search.data import load_data
+    from search.latency import SearchError
+
+    imgs = _image_folder(tmp_path / "imgs", "x.png")
+    (imgs / "dog" / "x.png").unlink()
+    png = (imgs / "dog" / "0.png").read_bytes()
+    (imgs / "dog" / "0.png").write_bytes(png[:len(png) // 2])  # the header reads, the pixels do not
+    d = load_data(str(imgs), 12, 3, seed=0, augment="none")
+    with pytest.raises(SearchError, match="0.png: Pillow cannot decode this image"):
+        for part in (d.train, d.valid, d.test):
+            for i in range(len(part)):
+                part[i]

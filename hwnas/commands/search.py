@@ -142,19 +142,24 @@ class _RichProgress:
         self.task = None
 
     def __enter__(self):
-        if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), transient=True, console=_console())
-            self.bar.start()
         return self
 
     def __exit__(self, *exc):
         if self.bar:
             self.bar.stop()
 
+    def _start(self) -> None:
+        """Draw the bar from the first epoch on: stopping a bar leaves a blank line on stderr, which
+        must not come before the one line of an input refused during the set-up."""
+        if self.bar is None and not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), transient=True, console=_console())
+            self.bar.start()
+
     def epoch_start(self, epoch, epochs, steps, phase):
+        self._start()
         if self.bar:
             if self.task is not None:
                 self.bar.remove_task(self.task)
@@ -173,8 +178,8 @@ class _RichProgress:
             self.bar.console.print(", ".join(parts))
 
     def message(self, text):
-        if self.bar:
-            self.bar.console.print(text)
+        if not self.quiet:
+            (self.bar.console if self.bar else _console()).print(text)
 
 
 def _console():
