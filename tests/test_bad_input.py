@@ -167,3 +167,35 @@ def test_truncated_image_is_named_when_read(tmp_path):
         for part in (d.train, d.valid, d.test):
             for i in range(len(part)):
                 part[i]
+
+
+# ---- 5, 8. hwnas profile: a device or backend that cannot work, --jobs 0 --------------------------
+
+PROFILE = ["profile", "--space", "tiny-mnist", "--backend", "torch", "--db", "{tmp}/new.db"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (PROFILE + ["--device", "gpu9"], "unknown device 'gpu9'"),
+    (PROFILE + ["--device", "rpc:127.0.0.1:9190/phone"], "only the tvm backend runs through a TVM RPC tracker"),
+    (PROFILE + ["--device", "adb:NOSUCH"], "a phone runs the executorch"),
+    (PROFILE + ["--jobs", "0"], "--jobs 0: give a count of at least 1"),
+    (PROFILE + ["--jobs", "-2"], "--jobs -2"),
+    (PROFILE + ["--tune-trials", "-1"], "--tune-trials -1"),
+])
+def test_profile_refuses_before_creating_the_store(tmp_path, capsys, argv, message):
+    _refused(capsys, tmp_path, [a.format(tmp=tmp_path) for a in argv], message)
+
+
+def test_profile_without_cuda_creates_no_store(tmp_path, capsys):
+    from profiler.devices import cuda_info
+
+    if cuda_info() is not None:
+        pytest.skip("this machine has a CUDA GPU")
+    _refused(capsys, tmp_path, [a.format(tmp=tmp_path) for a in PROFILE + ["--device", "local:cuda"]],
+             "no CUDA GPU is visible")
+
+
+def test_profile_keeps_refusing_a_foreign_store_first(tmp_path, capsys):
+    (tmp_path / "new.db").write_text("not a database")
+    _refused(capsys, tmp_path, [a.format(tmp=tmp_path) for a in PROFILE + ["--device", "local:cuda"]], "new.db")
+    assert (tmp_path / "new.db").read_text() == "not a database"

@@ -374,6 +374,10 @@ def cmd_profile(args) -> int:
         raise UserError("--threads must be at least 1")
     if args.retime_flagged < 0:
         raise UserError("--retime-flagged must be 0 or more")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give a count of at least 1 compile process (default: all cores)")
+    if args.tune_trials < 0:
+        raise UserError(f"--tune-trials {args.tune_trials}: give 0 (untuned) or more trials")
     if parse_device(args.device).kind in ("local", "cuda"):
         check_threads(args.threads, args.cores)  # before the store file is created
     if args.space:
@@ -385,7 +389,12 @@ def cmd_profile(args) -> int:
             raise UserError("--limit must be at least 1")
         blocks = blocks[:args.limit]
     protocol = _protocol(args)
-    store = Store(args.db)  # refuses a corrupt or foreign file before anything runs
+    # an existing file is opened now, so a corrupt or foreign one is refused before anything runs; a new
+    # one is created by profile_with once the device and backend are known to work (a refused
+    # --device leaves no empty store behind)
+    from pathlib import Path
+
+    store: Store | str = Store(args.db) if Path(args.db).exists() else args.db
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -401,6 +410,8 @@ def cmd_profile(args) -> int:
         if prog:
             prog.stop()
     keys = [b.key for b in blocks]
+    if not isinstance(store, Store):
+        store = Store(args.db, create=False)
     df = store.latest(dataclasses.replace(RowFilter.of(res.config), device=res.config.device), keys=keys)
     summary = {
         "db": args.db, "device": res.config.device, "device_id": res.config.device_id,
