@@ -199,3 +199,68 @@ def test_profile_keeps_refusing_a_foreign_store_first(tmp_path, capsys):
     (tmp_path / "new.db").write_text("not a database")
     _refused(capsys, tmp_path, [a.format(tmp=tmp_path) for a in PROFILE + ["--device", "local:cuda"]], "new.db")
     assert (tmp_path / "new.db").read_text() == "not a database"
+
+
+# ---- 6. a phone the adb server does not list --------------------------------------------------------
+
+def test_first_connection_is_not_retried():
+    from profiler.adb.device import AdbDevice, AdbOptions, DeviceGone
+    from profiler.adb.transport import AdbConnectionError
+
+    calls = []
+
+    def factory():
+        calls.append(1)
+        raise AdbConnectionError("the adb server lists no device NOSUCH")
+
+    dev = AdbDevice("NOSUCH", AdbOptions(reconnect_s=60.0), transport_factory=factory)
+    with pytest.raises(DeviceGone, match="adb:NOSUCH: cannot connect .*lists no device NOSUCH") as e:
+        dev.open()
+    assert calls == [1]  # no back-off: the reconnect budget is for phones lost mid-run
+    assert "stored" not in str(e.value)
+
+
+@pytest.fixture
+def own_adb_server(tmp_path_factory, monkeypatch):
+    """An adb server of this test's own (random port, isolated HOME); killed at the end."""
+    import random
+    import shutil
+    import subprocess
+
+    adb = shutil.which("adb")
+    if adb is None:
+        pytest.skip("Debian's adb client is not installed (apt-get install adb)")
+    home = tmp_path_factory.mktemp("adb-home")
+    (home / "vendor-keys").mkdir()
+    for k, v in {"HOME": str(home), "ADB_VENDOR_KEYS": str(home / "vendor-keys"),
+                 "XDG_CONFIG_HOME": str(home / "config"),
+                 "ANDROID_ADB_SERVER_PORT": str(random.randint(20000, 40000))}.items():
+        monkeypatch.setenv(k, v)
+    subprocess.run([adb, "start-server"], capture_output=True, timeout=30, check=True)
+    yield
+    subprocess.run([adb, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_device_info_refuses_a_serial_adb_does_not_list(tmp_path, capsys, own_adb_server):
+    _refused(capsys, tmp_path, ["device-info", "adb:NOSUCH"], "lists no device NOSUCH (`adb devices` lists none)")
+
+
+# ---- 7. hwnas evaluate --plot names the file it wrote ----------------------------------------------
+
+def test_evaluate_plot_prints_the_path_written(tmp_path, capsys, predictor_file):
+    argv = ["evaluate", "--lut", str(LUT), "--predictor", str(predictor_file), "--plot", str(tmp_path / "X")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert (tmp_path / "X.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "X").exists()
+    assert f"plot: {tmp_path / 'X.png'}" in err.splitlines()
+
+
+@pytest.mark.parametrize("plot, message", [
+    ("X.v2", "matplotlib writes no .v2 images"),
+    ("afile/X.png", "is a file, not a folder"),
+])
+def test_evaluate_refuses_a_plot_it_cannot_write(tmp_path, capsys, predictor_file, plot, message):
+    (tmp_path / "afile").write_text("keep me")
+    argv = ["evaluate", "--lut", str(LUT), "--predictor", str(predictor_file), "--plot", str(tmp_path / plot)]
+    _refused(capsys, tmp_path, argv, message)

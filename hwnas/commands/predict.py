@@ -69,7 +69,8 @@ def register(sub) -> None:
                    help="with --networks --cv and --db/--lut: what is fitted on the folds on top of the block "
                         "predictor (see `hwnas fit --help`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the tree ensembles")
-    p.add_argument("--plot", help="write a predicted-vs-measured scatter (PNG) here")
+    p.add_argument("--plot", help="write a predicted-vs-measured scatter here: PNG (.png added when the name "
+                                  "has no suffix), or .svg, .pdf, ...")
     p.add_argument("--rows", action="store_true", help="with --json: include every row's prediction")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     p.set_defaults(func=cmd_evaluate)
@@ -262,7 +263,7 @@ def _evaluate_networks(args):
 
 
 def cmd_evaluate(args) -> int:
-    from predictor.evaluate import cross_validate, plot, score
+    from predictor.evaluate import cross_validate, plot, plot_formats, plot_path, score
     from profiler.blocks import BlockSpec
 
     if not (args.db or args.lut or args.networks):
@@ -270,6 +271,12 @@ def cmd_evaluate(args) -> int:
                         "(whole networks)")
     if bool(args.predictor) == bool(args.cv):
         raise UserError("give --predictor P (score a saved predictor) or --cv 5|loo (cross-validate), one of them")
+    if args.plot:
+        suffix = plot_path(args.plot).suffix.lower().lstrip(".")
+        if suffix not in plot_formats():
+            raise UserError(f"--plot {args.plot}: matplotlib writes no .{suffix} images; end the name with .png, "
+                            ".svg or .pdf")
+        check_out_file(str(plot_path(args.plot)), "plot.png", "--plot")
     if args.networks:
         ev = _evaluate_networks(args)
         data = args.networks
@@ -285,9 +292,14 @@ def cmd_evaluate(args) -> int:
             ev = _user(score, pred, blocks, y, 5, args.seed)
         data = args.db or args.lut
     ev.how["data"] = data
+    written = None
     if args.plot:
-        plot(ev, args.plot, title=f"{Path(data).name}: " + (f"{args.cv}-fold CV" if args.cv and args.cv != "loo"
-                                                             else "leave-one-out" if args.cv else args.predictor))
+        try:
+            written = plot(ev, args.plot, title=f"{Path(data).name}: " + (
+                f"{args.cv}-fold CV" if args.cv and args.cv != "loo" else "leave-one-out" if args.cv
+                else args.predictor))
+        except OSError as e:
+            raise write_error(args.plot, e, "--plot") from None
     if args.json:
         print(json.dumps(_clean(ev.to_dict(rows=args.rows)), indent=2))
         return 0
@@ -318,8 +330,8 @@ def cmd_evaluate(args) -> int:
         print(f"model: {ev.how['model']}")
     if "selection" in ev.how:
         print(f"family: {ev.how['selection']}")
-    if args.plot:
-        print(f"plot: {args.plot}", file=sys.stderr)
+    if written:
+        print(f"plot: {written}", file=sys.stderr)
     return 0
 
 
