@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from profiler.errors import HwnasError
@@ -16,6 +18,35 @@ COMMAND_MODULES = ("hwnas.commands.profile", "hwnas.commands.search", "hwnas.com
 
 class UserError(HwnasError):
     """An error the user can fix; printed as one line."""
+
+
+def check_out_file(path: str, example: str, option: str = "--out") -> Path:
+    """Refuse, before any work, an output file that cannot be written: an existing folder, a path under
+    a file, a read-only file, or a folder this user may not write in. Missing parent folders are fine
+    (the writer creates them once there is something to write). ``example`` is a file name to suggest
+    when ``path`` is a folder.
+
+    Raises:
+        UserError: naming the option, the path and what to do.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{option} {path}: is a folder; name a file in it, e.g. {p / example}")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UserError(f"{option} {path}: the file is read-only; choose another path or make it writable")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:  # the nearest folder that exists
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {parent} (permission denied); choose another path")
+    return p
+
+
+def write_error(path: str, e: OSError, option: str = "--out") -> UserError:
+    """A failed write of an output file (disk full, a race with the checks above) as one line."""
+    return UserError(f"{option} {path}: cannot write it ({e.strerror or e}); choose another path")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -214,7 +214,11 @@ def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[
 
 def plot(ev: Evaluation, path: str | Path, title: str = "") -> Path:
     """Scatter of predicted against measured latency (log-log, ms) with the +-10 % band; the FLOPs
-    baseline in grey. Written with the Agg canvas (no display, no global backend switch)."""
+    baseline in grey. Written with the Agg canvas (no display, no global backend switch).
+
+    The format follows the file's suffix (`plot_formats`); a path without one gets ``.png``. Returns the
+    path written.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -247,7 +251,21 @@ def plot(ev: Evaluation, path: str | Path, title: str = "") -> Path:
     ax.set_title(title or f"{ev.how.get('mode', '')}: n = {s['n']}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
+    path = plot_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def plot_formats() -> list[str]:
+    """File suffixes (without the dot) that `plot` can write: matplotlib's Agg canvas's list."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return sorted(FigureCanvasAgg.get_supported_filetypes())
+
+
+def plot_path(path: str | Path) -> Path:
+    """The file `plot` writes for ``path``: itself, or with ``.png`` added when it has no suffix (as
+    matplotlib would, silently)."""
+    path = Path(path)
+    return path if path.suffix else path.with_name(path.name + ".png")

@@ -186,13 +186,22 @@ def predictor_from_dict(d: Any, source: str = "predictor") -> Predictor:
     if d.get("feature_version") != FEATURE_VERSION:
         raise PredictorError(f"{source}: fitted with feature version {d.get('feature_version')}, this build "
                              f"computes version {FEATURE_VERSION}; fit it again with `hwnas fit`")
-    p = _predictor_from_dict(d, source)
+    overhead = d.get("overhead_ms", 0.0)
+    if overhead is not None and not _finite_number(overhead):
+        raise PredictorError(f"{source}: overhead_ms must be a finite number of ms, got {overhead!r}; fit it again "
+                             "with `hwnas fit`")
     scale = d.get("network_scale", 1.0)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
+    if not _finite_number(scale) or not scale > 0:
         raise PredictorError(f"{source}: network_scale must be a positive number, got {scale!r}; fit it again "
                              "with `hwnas fit`")
+    p = _predictor_from_dict(d, source)
     p.network_scale = float(scale)
     return p
+
+
+def _finite_number(v: Any) -> bool:
+    """A JSON number that is neither NaN nor infinite (``true`` is not a number here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _predictor_from_dict(d: dict[str, Any], source: str) -> Predictor:

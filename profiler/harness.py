@@ -232,6 +232,8 @@ def profile_with(models: Sequence[BlockSpec | ArchSpec], store: Store | str | Pa
         raise ValueError("threads must be at least 1")
     if o.retime_flagged < 0:
         raise ValueError("retime_flagged is a count of extra attempts: 0 or more")
+    if o.jobs is not None and o.jobs < 1:
+        raise ValueError("jobs is a count of compile processes: at least 1 (None: all cores)")
     if o.cross and dev.kind in ("local", "cuda"):
         raise DeviceError(f"--cross {o.cross} builds for another device; name it with --device rpc:HOST:PORT/KEY")
     be = get_backend(o.backend)

@@ -114,14 +114,35 @@ class FolderImages(Dataset):
     def load(self, i: int) -> torch.Tensor:
         from PIL import Image
 
-        with Image.open(self.files[i]) as im:
-            im = im.convert("L" if self.channels == 1 else "RGB")
-            raw = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-            x = raw.reshape(im.size[1], im.size[0], self.channels).permute(2, 0, 1)
+        try:
+            with Image.open(self.files[i]) as im:
+                im = im.convert("L" if self.channels == 1 else "RGB")
+                raw = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+                x = raw.reshape(im.size[1], im.size[0], self.channels).permute(2, 0, 1)
+        except OSError as e:  # a file whose header reads but whose pixels do not (truncated, corrupt)
+            raise SearchError(f"{self.files[i]}: Pillow cannot decode this image ({e}); remove or replace "
+                              "it") from None
         return x.float() / 255.0
 
     def __getitem__(self, i: int):
         return self.transform(self.load(i)), self.y[i]
+
+
+def _check_images(files: list[Path]) -> None:
+    """Refuse, before any training, a file Pillow cannot identify as an image (it reads only headers).
+
+    Raises:
+        SearchError: naming the first such file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    for f in files:
+        try:
+            with Image.open(f):
+                pass
+        except (UnidentifiedImageError, OSError) as e:
+            why = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else e.strerror or str(e)
+            raise SearchError(f"{f}: {why}; remove or replace it, then run again") from None
 
 
 @dataclass
@@ -153,7 +174,8 @@ def load_data(source: str, size: int, channels: int, seed: int = 0, augment: str
     """A named data set (`NAMED`) or an ImageFolder-style folder, for ``size`` x ``size`` input with
     ``channels`` channels. ``augment``: "auto", "crop" (pad + random crop), "resized-crop", "none".
 
-    Raises `SearchError` for an unknown name, a folder without images or with one class.
+    Raises `SearchError` for an unknown name, a folder without images or with one class, a file in
+    it that is not an image.
     """
     if source in NAMED:
         return _named_bundle(source, size, channels, seed, augment, limit)
@@ -177,6 +199,7 @@ def load_data(source: str, size: int, channels: int, seed: int = 0, augment: str
     if limit:
         keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
         files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    _check_images(files)
     mean, std = ((0.5,), (0.5,)) if channels == 1 else (_IMAGENET_MEAN, _IMAGENET_STD)
     norm = _normaliser(mean, std)
     aug = ("resized-crop" if size >= 64 else "crop") if augment == "auto" else augment

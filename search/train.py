@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,22 @@ class SearchConfig:
     _RESUMABLE = ("out", "predictor", "threads")
 
     def check(self) -> None:
+        """Refuse options that make no sense, before any work.
+
+        Raises:
+            SearchError: naming the option and what it takes.
+        """
+        check_training(self.epochs, self.batch_size, self.lr, self.threads, self.limit)
+        if not _finite(self.arch_lr) or self.arch_lr <= 0:
+            raise SearchError(f"--arch-lr {self.arch_lr}: give a positive, finite learning rate")
+        for opt, v in (("--lambda", self.lam), ("--beta", self.beta), ("--weight", self.weight)):
+            if not _finite(v) or v < 0:
+                raise SearchError(f"{opt} {v}: give a finite number, 0 or more")
+        # NaN compares false with everything, so it would slip through the loss checks below
+        if self.target_ms is not None and not (_finite(self.target_ms) and self.target_ms > 0):
+            raise SearchError(f"--target-ms {self.target_ms}: give a positive, finite latency in ms")
+        if not _finite(self.lat_temperature):
+            raise SearchError(f"--lat-temperature {self.lat_temperature}: give a positive, finite number")
         if self.mode not in MODES:
             raise SearchError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
         if self.weights not in WEIGHTS:
@@ -101,6 +118,26 @@ class SearchConfig:
         d = asdict(self)
         d["arch_betas"] = list(self.arch_betas)
         return d
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_training(epochs: int, batch_size: int, lr: float, threads: int, limit: int | None) -> None:
+    """Refuse training options that make no sense (counts below 1, a learning rate that is not a
+    positive finite number), before the data is read or any folder is made.
+
+    Raises:
+        SearchError: naming the option.
+    """
+    for opt, n in (("--epochs", epochs), ("--batch-size", batch_size), ("--threads", threads)):
+        if n < 1:
+            raise SearchError(f"{opt} {n}: give a count of at least 1")
+    if limit is not None and limit < 1:
+        raise SearchError(f"--limit {limit}: give a count of at least 1 image")
+    if not _finite(lr) or lr <= 0:
+        raise SearchError(f"--lr {lr}: give a positive, finite learning rate")
 
 
 class SearchProgress:
@@ -562,9 +599,13 @@ def train_arch(arch: ArchSpec, data: str, out: str | Path, epochs: int = 10, bat
     """Train ``arch`` from fresh weights on the train + valid splits; report top-1 on the test split.
 
     Writes ``out/weights.pt`` (state_dict of ``arch.build()``) and ``out/train_log.json``.
+
+    Raises:
+        SearchError: options that make no sense (`check_training`), data it cannot read.
     """
     from search.supernet import _reinit
 
+    check_training(epochs, batch_size, lr, threads, limit)
     progress = progress or SearchProgress()
     in_c = arch.blocks[0].in_c
     ds = load_data(data, arch.input_size, in_c, seed, augment, limit)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from hwnas.cli import UserError
+from hwnas.cli import UserError, check_out_file, write_error
 
 HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -69,7 +69,8 @@ def register(sub) -> None:
                    help="with --networks --cv and --db/--lut: what is fitted on the folds on top of the block "
                         "predictor (see `hwnas fit --help`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the tree ensembles")
-    p.add_argument("--plot", help="write a predicted-vs-measured scatter (PNG) here")
+    p.add_argument("--plot", help="write a predicted-vs-measured scatter here: PNG (.png added when the name "
+                                  "has no suffix), or .svg, .pdf, ...")
     p.add_argument("--rows", action="store_true", help="with --json: include every row's prediction")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     p.set_defaults(func=cmd_evaluate)
@@ -179,6 +180,7 @@ def cmd_fit(args) -> int:
 
     if not (args.db or args.lut or args.networks):
         raise UserError("name the training data: --db DB, --lut FILE.yaml or --networks FILE.jsonl")
+    check_out_file(args.out, "predictor.json")  # before fitting, which can take minutes
     folds = _folds(args.folds)
     entries, meta = _entries(args)
     if (args.db or args.lut) and len(entries) < MIN_ROWS and args.model != "lut":
@@ -198,7 +200,10 @@ def cmd_fit(args) -> int:
     pred.meta = meta
     if hasattr(pred, "regression"):
         pred.regression.meta = meta
-    _user(save_predictor, pred, args.out)
+    try:
+        _user(save_predictor, pred, args.out)
+    except OSError as e:
+        raise write_error(args.out, e) from None
     reg = getattr(pred, "regression", pred)
     summary = {"out": args.out, "predictor": pred.describe(), "overhead_ms": pred.overhead_ms,
                "family": getattr(reg, "family", None), "cv": getattr(reg, "cv", {}),
@@ -258,7 +263,7 @@ def _evaluate_networks(args):
 
 
 def cmd_evaluate(args) -> int:
-    from predictor.evaluate import cross_validate, plot, score
+    from predictor.evaluate import cross_validate, plot, plot_formats, plot_path, score
     from profiler.blocks import BlockSpec
 
     if not (args.db or args.lut or args.networks):
@@ -266,6 +271,12 @@ def cmd_evaluate(args) -> int:
                         "(whole networks)")
     if bool(args.predictor) == bool(args.cv):
         raise UserError("give --predictor P (score a saved predictor) or --cv 5|loo (cross-validate), one of them")
+    if args.plot:
+        suffix = plot_path(args.plot).suffix.lower().lstrip(".")
+        if suffix not in plot_formats():
+            raise UserError(f"--plot {args.plot}: matplotlib writes no .{suffix} images; end the name with .png, "
+                            ".svg or .pdf")
+        check_out_file(str(plot_path(args.plot)), "plot.png", "--plot")
     if args.networks:
         ev = _evaluate_networks(args)
         data = args.networks
@@ -281,9 +292,14 @@ def cmd_evaluate(args) -> int:
             ev = _user(score, pred, blocks, y, 5, args.seed)
         data = args.db or args.lut
     ev.how["data"] = data
+    written = None
     if args.plot:
-        plot(ev, args.plot, title=f"{Path(data).name}: " + (f"{args.cv}-fold CV" if args.cv and args.cv != "loo"
-                                                             else "leave-one-out" if args.cv else args.predictor))
+        try:
+            written = plot(ev, args.plot, title=f"{Path(data).name}: " + (
+                f"{args.cv}-fold CV" if args.cv and args.cv != "loo" else "leave-one-out" if args.cv
+                else args.predictor))
+        except OSError as e:
+            raise write_error(args.plot, e, "--plot") from None
     if args.json:
         print(json.dumps(_clean(ev.to_dict(rows=args.rows)), indent=2))
         return 0
@@ -314,8 +330,8 @@ def cmd_evaluate(args) -> int:
         print(f"model: {ev.how['model']}")
     if "selection" in ev.how:
         print(f"family: {ev.how['selection']}")
-    if args.plot:
-        print(f"plot: {args.plot}", file=sys.stderr)
+    if written:
+        print(f"plot: {written}", file=sys.stderr)
     return 0
 
 
@@ -419,6 +435,7 @@ def cmd_export_lut(args) -> int:
     from predictor.lut import Entry
     from profiler.spaces import load_space
 
+    check_out_file(args.out, "lut.yaml")
     pred = _load(args.predictor)
     space = load_space(args.space)
     blocks = space.blocks()
@@ -437,6 +454,10 @@ def cmd_export_lut(args) -> int:
               f"predictor: {args.predictor} ({pred.describe()}); device {meta.get('device', '?')}, "
               f"backend {meta.get('backend', '?')}\n"
               f"{measured} of {len(rows)} entries measured (count > 0), the rest predicted (count 0)")
-    write_lut_yaml(args.out, rows, header)
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_lut_yaml(args.out, rows, header)
+    except OSError as e:
+        raise write_error(args.out, e) from None
     print(f"wrote {args.out}: {len(rows)} blocks ({measured} measured, {len(rows) - measured} predicted)")
     return 0

@@ -9,7 +9,7 @@ import math
 import sys
 from typing import Any
 
-from hwnas.cli import UserError
+from hwnas.cli import UserError, check_out_file, write_error
 
 HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -374,6 +374,10 @@ def cmd_profile(args) -> int:
         raise UserError("--threads must be at least 1")
     if args.retime_flagged < 0:
         raise UserError("--retime-flagged must be 0 or more")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give a count of at least 1 compile process (default: all cores)")
+    if args.tune_trials < 0:
+        raise UserError(f"--tune-trials {args.tune_trials}: give 0 (untuned) or more trials")
     if parse_device(args.device).kind in ("local", "cuda"):
         check_threads(args.threads, args.cores)  # before the store file is created
     if args.space:
@@ -385,7 +389,12 @@ def cmd_profile(args) -> int:
             raise UserError("--limit must be at least 1")
         blocks = blocks[:args.limit]
     protocol = _protocol(args)
-    store = Store(args.db)  # refuses a corrupt or foreign file before anything runs
+    # an existing file is opened now, so a corrupt or foreign one is refused before anything runs; a new
+    # one is created by profile_with once the device and backend are known to work (a refused
+    # --device leaves no empty store behind)
+    from pathlib import Path
+
+    store: Store | str = Store(args.db) if Path(args.db).exists() else args.db
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -401,6 +410,8 @@ def cmd_profile(args) -> int:
         if prog:
             prog.stop()
     keys = [b.key for b in blocks]
+    if not isinstance(store, Store):
+        store = Store(args.db, create=False)
     df = store.latest(dataclasses.replace(RowFilter.of(res.config), device=res.config.device), keys=keys)
     summary = {
         "db": args.db, "device": res.config.device, "device_id": res.config.device_id,
@@ -478,12 +489,18 @@ def cmd_table(args) -> int:
 
     if not Path(args.db).exists():
         raise UserError(f"{args.db}: no such store; profile first (`hwnas profile ... --db {args.db}`)")
+    if args.out:
+        check_out_file(args.out, "rows.csv")
+        if not args.out.endswith((".parquet", ".csv")):
+            raise UserError(f"--out {args.out}: export to a .parquet or .csv file")
     store = Store(args.db, create=False)
     df = store.dataframe(backend=args.backend, device=args.device)
     if args.out:
-        if not args.out.endswith((".parquet", ".csv")):
-            raise UserError(f"--out {args.out}: export to a .parquet or .csv file")
-        store.export(args.out, backend=args.backend, device=args.device)
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            store.export(args.out, backend=args.backend, device=args.device)
+        except OSError as e:
+            raise write_error(args.out, e) from None
         print(f"wrote {len(df)} rows to {args.out}", file=sys.stderr)
     groups = []
     for (dev, dev_id, be, tgt, th, co), g in df.groupby(["device", "device_id", "backend", "target", "threads",

@@ -61,8 +61,9 @@ def register(sub) -> None:
     p.add_argument("--lat-temperature", type=float, default=1.0,
                    help="the latency term uses E[LAT] under softmax(alpha / t): 1 is ProxylessNAS's; below 1 "
                         "it is nearer the latency of the argmax network the search returns (unitless)")
-    p.add_argument("--target-ms", type=float, help="latency target T (ms): the T of --loss mul; with either loss, a T below the fastest "
-                        "network the space can make is refused before training")
+    p.add_argument("--target-ms", type=float, help="latency target T (ms, positive): the T of the mul, ratio, ceiling, "
+                        "hinge and abs losses; with any loss, a T below the fastest network the space can make is "
+                        "refused before training")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, splits, sampling and augmentation")
     p.add_argument("--augment", choices=["auto", "crop", "resized-crop", "none"], default="auto",
                    help="train augmentation (auto: pad+crop under 64 px, random resized crop above; flips for folders)")
@@ -141,19 +142,24 @@ class _RichProgress:
         self.task = None
 
     def __enter__(self):
-        if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), transient=True, console=_console())
-            self.bar.start()
         return self
 
     def __exit__(self, *exc):
         if self.bar:
             self.bar.stop()
 
+    def _start(self) -> None:
+        """Draw the bar from the first epoch on: stopping a bar leaves a blank line on stderr, which
+        must not come before the one line of an input refused during the set-up."""
+        if self.bar is None and not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), transient=True, console=_console())
+            self.bar.start()
+
     def epoch_start(self, epoch, epochs, steps, phase):
+        self._start()
         if self.bar:
             if self.task is not None:
                 self.bar.remove_task(self.task)
@@ -172,8 +178,8 @@ class _RichProgress:
             self.bar.console.print(", ".join(parts))
 
     def message(self, text):
-        if self.bar:
-            self.bar.console.print(text)
+        if not self.quiet:
+            (self.bar.console if self.bar else _console()).print(text)
 
 
 def _console():
@@ -197,14 +203,16 @@ def cmd_search(args) -> int:
     from search.export import export_network
     from search.train import SearchConfig, run_search
 
-    pred, desc = _user(_predictor, args)
     cfg = SearchConfig(space=args.space, data=args.data, out=args.out, epochs=args.epochs,
                        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
                        arch_lr=args.arch_lr, arch_every=args.arch_every, mode=args.mode,
                        weights=args.weights, loss=args.loss,
                        lam=args.lam, beta=args.beta, weight=args.weight, lat_temperature=args.lat_temperature,
                        target_ms=args.target_ms, seed=args.seed, augment=args.augment,
-                       limit=args.limit, predictor=desc, threads=args.threads)
+                       limit=args.limit, threads=args.threads)
+    _user(cfg.check)  # before the predictor or the data is read
+    pred, desc = _user(_predictor, args)
+    cfg.predictor = desc
     with _RichProgress(args.json) as prog:
         res = _user(run_search, cfg, pred, resume=args.resume, progress=prog)
     import os
@@ -252,6 +260,8 @@ def cmd_verify(args) -> int:
     from search.export import read_arch
     from search.latency import StoredMedians
 
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give a count of at least 1")
     arch = read_arch(args.arch)
     if args.predictor or args.predict_from_db:
         if args.predict_from_db and not args.db:
@@ -311,8 +321,10 @@ def cmd_verify(args) -> int:
 
 def cmd_train(args) -> int:
     from search.export import read_arch
-    from search.train import train_arch
+    from search.train import check_training, train_arch
 
+    # before the arch, the data or the progress bar (which leaves a blank line when it stops)
+    _user(check_training, args.epochs, args.batch_size, args.lr, args.threads, args.limit)
     arch = read_arch(args.arch)
     with _RichProgress(args.json) as prog:
         res = _user(train_arch, arch, args.data, args.out, epochs=args.epochs, batch_size=args.batch_size,

@@ -131,6 +131,7 @@ class AdbDevice:
         self.info: dict[str, Any] | None = None
         self.prepared: dict[str, Any] | None = None
         self.reconnects = 0
+        self._reached = False  # connected once: only then is a failure a lost connection worth waiting for
 
     # ---- connection and set-up ----------------------------------------------------------------
     def _connect(self) -> None:
@@ -145,16 +146,23 @@ class AdbDevice:
         self._t = None
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run `fn` (which uses self._t); on a lost connection reconnect with back-off and run it again."""
+        """Run `fn` (which uses self._t); on a lost connection reconnect with back-off and run it again.
+
+        The first connection is not retried: its transport already waits (bounded) for a phone that is
+        listed but not ready, and one that cannot be reached at all is refused at once.
+        """
         delay, spent = 0.5, 0.0
         while True:
             try:
                 if self._t is None:
                     self._connect()
+                    self._reached = True
                     self._setup()
                 return fn()
             except AdbConnectionError as e:
                 self._drop()
+                if not self._reached:  # never connected: a wrong serial or address, nothing to resume
+                    raise DeviceGone(f"adb:{self.serial}: cannot connect ({e})") from None
                 if spent >= self.opts.reconnect_s:
                     raise DeviceGone(
                         f"adb:{self.serial} stayed unreachable for {spent:.0f} s during {what} ({e}); the "

@@ -396,6 +396,12 @@ class AdbServerTransport(_Transport):
             if "connected to" not in out and "failed to authenticate" not in out:
                 raise AdbConnectionError(f"adb connect {self.serial}: {out}; check the address and that "
                                          f"wireless debugging is on")
+        else:  # a serial the server does not list will not appear by waiting: say so at once
+            listed = self.listed(timeout_s)
+            if self.serial not in listed:
+                raise AdbConnectionError(f"the adb server lists no device {self.serial} (`adb devices` lists "
+                                         f"{', '.join(sorted(listed)) or 'none'}); check the serial, the cable "
+                                         f"and that USB debugging is on")
         state = ""
         while time.monotonic() < deadline:
             p = subprocess.run([self.adb, "-s", self.serial, "get-state"], capture_output=True, env=self.env,
@@ -406,6 +412,12 @@ class AdbServerTransport(_Transport):
             time.sleep(0.2)
         raise AdbConnectionError(f"{self.serial} is not ready after {timeout_s:g} s ({state}): unlock the phone "
                                  f"and tap 'Allow USB debugging'")
+
+    def listed(self, timeout_s: float = 15.0) -> dict[str, str]:
+        """The devices the adb server lists: serial -> state (device, offline, unauthorized, ...)."""
+        p = self._run(["devices"], timeout_s, "adb devices", device=False)
+        rows = (line.split() for line in p.stdout.decode("utf-8", "replace").splitlines()[1:])
+        return {r[0]: r[1] for r in rows if len(r) >= 2}
 
     def _shell_raw(self, command: str, timeout_s: float, what: str) -> bytes:
         # one argument: the adb client sends it verbatim as `shell:<command>`
@@ -451,8 +463,9 @@ def open_transport(device: str, *, key_path: str | os.PathLike | None = None,
         if not (adb_path or shutil.which("adb")):
             raise AdbConnectionError(f"{e}; if an adb server holds the device, install `adb` "
                                      f"(used as a fallback) or run `adb kill-server`") from e
-        log.warning("USB %s is not usable by adb-shell (an adb server usually holds it: %s); "
-                    "using the adb binary instead", device, e)
+        # not a warning: without adb-shell's USB extra this is the normal path, and a refusal must stay one line
+        log.info("USB %s is not usable by adb-shell (an adb server usually holds it: %s); "
+                 "using the adb binary instead", device, e)
         t = AdbServerTransport(device, adb_path=adb_path)
         t.connect(timeout_s)
         return t
