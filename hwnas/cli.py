@@ -100,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`hwnas spaces --keys | head -1`): nothing to say, and nobody to say it to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         left = _INTERRUPTED.get(args.command, "nothing was half-written")
         print(f"hwnas {args.command}: interrupted; {left}", file=sys.stderr)
