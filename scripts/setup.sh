@@ -35,6 +35,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   quiet .venv/bin/pip install -q --upgrade pip
   # torch first, pinned: an unpinned resolve would pull a multi-GB CUDA build
   quiet .venv/bin/pip install -q "torch==2.13.0"
-  quiet .venv/bin/pip install -q -e ".[test]"
+  # (setuptools warns, in the build of an editable install, that folders named like the packages may take
+  # precedence: they are the packages; nothing for a user to act on)
+  PYTHONWARNINGS=ignore quiet .venv/bin/pip install -q -e ".[test]"
   touch "$stamp"
 fi
