@@ -476,8 +476,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
                     label=label, zorder=3 if fam == "found" else 2, mfc="none" if fam == "width" else color)
         if fam in ("uniform", "width", "found"):
             for n in pts:
-                ax.annotate(n.name.replace("found ", ""), (n.measured_ms, 100 * n.test_acc), textcoords="offset points",
-                            xytext=(5, 4), fontsize=7, color=color)
+                ax.annotate(n.name.replace("found ", "target "), (n.measured_ms, 100 * n.test_acc),
+                            textcoords="offset points", xytext=(5, -11 if fam == "found" else 4), fontsize=7,
+                            color=color)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
@@ -485,7 +486,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("measured latency, ExecuTorch XNNPACK, 1 thread (ms, median; log scale)")
     ax.set_ylabel("test accuracy, Fashion-MNIST 10,000 test images (%)\nmean of 2 seeds; bars: lowest to highest seed")
     m, c = res["machine"], res["config"]
-    ax.set_title(f"{SPACE} on {DATA} ({c['limit']} training images, {c['train_epochs']} epochs each)"
+    ax.set_title(f"{SPACE} on {DATA} ({c['limit']} training images, {c['train_epochs']} epoch"
+                 f"{'' if c['train_epochs'] == 1 else 's'} each)"
                  f"{' SMOKE' if c['smoke'] else ''}\n{m['cpu_model']}, {m['cores']} cores", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
