@@ -63,14 +63,10 @@ def neighbours(n: int):
 
 
 def profile(db: Path, args, extra: list[str], env: dict) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "hwnas", "profile", "--space", args.space, "--backend", args.backend,
-           "--db", str(db), "--json", *extra]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise SystemExit(f"benchmark: {' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return wall, json.loads(p.stdout)
+    from profile_host import run  # the same subprocess runner: wall time and the command's --json
+
+    return run([sys.executable, "-m", "hwnas", "profile", "--space", args.space, "--backend", args.backend,
+                "--db", str(db), "--json", *extra], env)
 
 
 def rows(db: Path):
