@@ -28,7 +28,8 @@ activation share a key (a cheap elementwise pass that backends fuse into the con
 Refused, with one line naming the part: other network classes (ResNets, PyramidTreeNet), layer classes
 or fields the two projects do not write, and layers the block keys cannot describe (dilated or grouped
 convolutions, other activations, shapes that do not chain). OFA and ProxylessNAS keep the input
-resolution outside net.config (in run.config), so it is a parameter here.
+resolution outside net.config (in run.config), so it is a parameter here; MCUNet's released
+ProxylessNASNets files (mcunet-in*, mcunet-vww*) write it as ``resolution``, which is then the default.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ __all__ = ["read_ofa_net", "ofa_net_to_arch", "NETWORK_CLASSES"]
 NETWORK_CLASSES = ("ProxylessNASNets", "MobileNetV3")
 
 _NET_FIELDS = {
-    "ProxylessNASNets": {"name", "bn", "first_conv", "blocks", "feature_mix_layer", "classifier"},
+    "ProxylessNASNets": {"name", "bn", "first_conv", "blocks", "feature_mix_layer", "classifier", "resolution"},
     "MobileNetV3": {"name", "bn", "first_conv", "blocks", "final_expand_layer", "feature_mix_layer", "classifier"},
 }
 _BLOCK_CLASSES = ("ResidualBlock", "MobileInvertedResidualBlock")
@@ -70,8 +71,9 @@ _HS = {"relu": False, "relu6": False, "none": False, None: False, "h_swish": Tru
 _NO_ACT = (None, "none")
 
 
-def read_ofa_net(path: str | Path, image_size: int) -> ArchSpec:
-    """Read a Once-for-All or ProxylessNAS ``net.config`` file at ``image_size`` x ``image_size`` pixels.
+def read_ofa_net(path: str | Path, image_size: int | None = None) -> ArchSpec:
+    """Read a Once-for-All or ProxylessNAS ``net.config`` file at ``image_size`` x ``image_size`` pixels
+    (None: the file's ``resolution`` where it writes one, else 224).
 
     Raises:
         PredictorError: no such file, not JSON, or a network this reader refuses (one line, naming the part).
@@ -236,8 +238,9 @@ def _block(blk: Any, i: int, hw: int, c: int, ofa_keys: bool, source: str) -> tu
     return spec, field
 
 
-def ofa_net_to_arch(cfg: Any, image_size: int, source: str = "net.config") -> ArchSpec:
-    """The `ArchSpec` of a parsed ``net.config`` (either project, either naming) at ``image_size`` pixels.
+def ofa_net_to_arch(cfg: Any, image_size: int | None = None, source: str = "net.config") -> ArchSpec:
+    """The `ArchSpec` of a parsed ``net.config`` (either project, either naming) at ``image_size`` pixels
+    (None: the file's ``resolution`` where it writes one, else 224, ImageNet's).
 
     ``source`` names the file in messages and the arch (its name up to the first dot; the network
     class for OFA's generic ``net.config``); ``meta`` records the source, the network class and the
@@ -246,7 +249,8 @@ def ofa_net_to_arch(cfg: Any, image_size: int, source: str = "net.config") -> Ar
     Raises:
         PredictorError: a network, block, layer or field this reader refuses (see the module docstring).
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size < 1):
         raise PredictorError(f"--image-size {image_size!r}: give a positive number of pixels")
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise PredictorError(f"{source}: no 'name'; is this a Once-for-All or ProxylessNAS net.config?")
@@ -254,9 +258,12 @@ def ofa_net_to_arch(cfg: Any, image_size: int, source: str = "net.config") -> Ar
     if kind not in NETWORK_CLASSES:
         raise PredictorError(f"{source}: network class {kind!r} is not supported ({', '.join(NETWORK_CLASSES)})")
     _fields(cfg, _NET_FIELDS[kind], source, f"the {kind} network")
-    for key in _NET_FIELDS[kind] - {"bn"}:
+    for key in _NET_FIELDS[kind] - {"bn", "resolution"}:
         if key not in cfg:
             raise PredictorError(f"{source}: no {key!r}; is this a Once-for-All or ProxylessNAS net.config?")
+    published = _int(cfg, "resolution", None, source, f"the {kind} network") if "resolution" in cfg else None
+    if image_size is None:
+        image_size = published or 224
     if not isinstance(cfg["blocks"], list):
         raise PredictorError(f"{source}: 'blocks' must be a list of blocks, got {_show(cfg['blocks'])}")
     try:
@@ -288,7 +295,7 @@ def ofa_net_to_arch(cfg: Any, image_size: int, source: str = "net.config") -> Ar
         if features != c:
             raise PredictorError(f"{source}: classifier takes {features} features, the network gives {c}")
         blocks.append(BlockSpec.logits(hw, c, classes))
-        meta = {"source": source, "network_class": kind,
+        meta = {"source": source, "network_class": kind, "resolution_in_file": published,
                 "block_naming": "+".join(sorted(set(namings))) if namings else None}
         stem = Path(source).name.split(".")[0]  # proxyless_mobile.config -> proxyless_mobile
         return ArchSpec(blocks, image_size, classes, name=kind if stem in ("", "net") else stem, meta=meta)

@@ -3,7 +3,8 @@ find, a network torch runs, the predictor's CLI (each block's latency and source
 what it cannot read.
 
 The fixtures under tests/data are hand-written in the public format (the fields the two projects' layer
-``config`` properties write); they are not the released files."""
+``config`` properties write), except tests/data/released/, which holds a published file byte for byte
+(MCUNet's mcunet-in2, a ProxylessNASNets config): the first such file read refused its ``resolution``."""
 
 from __future__ import annotations
 
@@ -371,3 +372,40 @@ def test_cli_refuses_an_unknown_layer_in_one_line_and_writes_nothing(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and PROXYLESS_KEYS[6] in err[0]
     assert not saved.exists()
+
+
+# --- a released file, byte for byte (tests/data/released/README.md says where it was published) ---
+MCUNET = DATA / "released" / "mcunet-in2.json"
+
+
+def test_released_mcunet_net_config_reads_at_its_own_resolution_and_runs():
+    """MCUNet publishes ProxylessNASNets files with a ``resolution`` field, no feature-mix layer, expand
+    ratios 1/3/4/5/6 with ``mid_channels`` written out, and shortcuts whose channels are lists."""
+    arch = read_ofa_net(MCUNET)
+    assert arch.input_size == 160 and arch.num_classes == 1000 and arch.name == "mcunet-in2"
+    assert arch.meta["resolution_in_file"] == 160 and arch.meta["block_naming"] == "mobile_inverted_conv"
+    mb = [b for b in arch.blocks if b.kind == "mbconv"]
+    assert len(mb) == 18 and len(arch.blocks) == 20  # stem + 18 blocks + classifier
+    assert sorted({b.mid_c // b.in_c for b in mb}) == [1, 3, 4, 5, 6]
+    assert sum(b.residual for b in mb) == 11 and arch.blocks[-2].out_c == 160
+    assert arch.keys[3] == "expanded_conv-input:40x40x16-output:40x40x16-expand:6-kernel:7-stride:1-idskip:1"
+    assert all(BlockSpec.from_key(k).key == k for k in arch.keys)
+    with torch.no_grad():
+        y = arch.build()(arch.example_input())
+    assert y.shape == (1, 1000) and torch.isfinite(y).all()
+    assert read_ofa_net(MCUNET, 224).input_size == 224  # --image-size wins over the file
+
+
+def test_cli_predict_released_mcunet_notes_a_resolution_it_overrides(tmp_path, capsys):
+    from hwnas.cli import main
+
+    ms = {k: 0.01 * (i + 1) for i, k in enumerate(read_ofa_net(MCUNET).keys)}
+    pred = tmp_path / "p.json"
+    save_predictor(fit_predictor(ms, model="lut"), pred)
+    assert main(["predict", "--predictor", str(pred), "--net-config", str(MCUNET), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [b["source"] for b in out["blocks"]] == ["table"] * 20
+    assert out["blocks_ms"] == pytest.approx(sum(ms.values()), rel=1e-9)  # the table sum, to rounding
+    save_predictor(fit_predictor(ms, model="hybrid", folds=3), pred)  # 224 px blocks are not in the table
+    assert main(["predict", "--predictor", str(pred), "--net-config", str(MCUNET), "--image-size", "224"]) == 0
+    assert "published at 160 px; predicting at --image-size 224" in capsys.readouterr().err

@@ -87,10 +87,12 @@ def register(sub) -> None:
     what.add_argument("--net-config", "--ofa-net", dest="net_config", metavar="NET_CONFIG",
                       help="a network as Once-for-All or ProxylessNAS publish it (net.config, e.g. "
                            "proxyless_mobile.config): ProxylessNASNets or MobileNetV3, blocks under conv or "
-                           "mobile_inverted_conv; its input size is --image-size, since both keep it in "
-                           "run.config (--ofa-net is the old name of this option)")
-    p.add_argument("--image-size", type=int, default=224,
-                   help="with --model or --net-config: input height and width (pixels)")
+                           "mobile_inverted_conv; its input size is --image-size, or the file's own resolution "
+                           "where it writes one (MCUNet's do), else 224 (--ofa-net is the old name of this "
+                           "option)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="with --model or --net-config: input height and width (pixels); default 224, or a "
+                        "net.config's own resolution")
     p.add_argument("--save-arch", metavar="FILE",
                    help="with --net-config: also write the network as an arch.json (ArchSpec), which "
                         "`hwnas verify --arch` measures on a device")
@@ -366,6 +368,9 @@ def cmd_predict(args) -> int:
             from predictor.ofa_net import read_ofa_net
 
             arch = _user(read_ofa_net, args.net_config, args.image_size)
+            if arch.meta.get("resolution_in_file") not in (None, arch.input_size):
+                print(f"note: {args.net_config} was published at {arch.meta['resolution_in_file']} px; predicting "
+                      f"at --image-size {arch.input_size}", file=sys.stderr)
         else:
             if not Path(args.arch).exists():
                 raise UserError(f"{args.arch}: no such file")
@@ -403,7 +408,7 @@ def _predict_model(pred, args) -> int:
     """--model: decompose the module into blocks; predict the matched part and say what it leaves out."""
     from predictor.decompose import decompose_factory
 
-    d = _user(decompose_factory, args.model, args.image_size)
+    d = _user(decompose_factory, args.model, 224 if args.image_size is None else args.image_size)
     if not d.blocks:
         raise UserError(f"--model {args.model}: no part of it matches a block kind ({d.unmatched_summary()}); "
                         "nothing to predict")
