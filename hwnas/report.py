@@ -134,7 +134,9 @@ def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path,
         fig = _fig(6.4, 3.6)
         ax = fig.add_subplot(1, 1, 1)
         ax.plot(ep, [r["train_acc"] for r in log], "o-", color="tab:blue", label="train accuracy (supernet)")
-        ax.plot(ep, [r["test_acc"] for r in log], "s-", color="tab:cyan", label="test accuracy (argmax network)")
+        held = [r.get("valid_acc", r.get("test_acc")) for r in log]  # logs before valid_acc scored test each epoch
+        ax.plot(ep, [np.nan if v is None else v for v in held], "s-", color="tab:cyan",
+                label="held-out accuracy (argmax network)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy")
         ax2 = ax.twinx()

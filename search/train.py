@@ -447,17 +447,31 @@ def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
     with torch.no_grad():
         exp_ms = float(s.table.expected_ms(net.probs()))
         loss_ms = float(s.table.expected_ms(net.probs(cfg.lat_temperature)))
+    # the argmax network, BN recalibrated, on the held-out split each epoch; the test split is scored
+    # once, after the last epoch (scoring 10,000 test images every epoch cost more than the epoch's
+    # training on 5,000, and a test split looked at every epoch is no longer held out)
     with _calibrated_bn(net, choices, _loader(s.data.train, cfg.batch_size, True, cfg.seed + 2, epoch, d, True), d):
-        test_acc = _accuracy(net, s.data.test, cfg.batch_size, d)
+        valid_acc = _accuracy(net, s.data.valid, cfg.batch_size, d)
+        test_acc = _accuracy(net, s.data.test, cfg.batch_size, d) if epoch == cfg.epochs - 1 else None
     return {"epoch": epoch, "phase": "warm-up" if warm else "search",
             "train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
-            "test_acc": round(test_acc, 5),
+            "valid_acc": round(valid_acc, 5), "test_acc": None if test_acc is None else round(test_acc, 5),
             "expected_ms": round(exp_ms, 5), "argmax_ms": round(s.table.arch_ms(choices), 5),
             "loss_expected_ms": round(loss_ms, 5),
             "arch_steps": int(sums["arch_steps"]),
             "arch_loss": round(sums["arch_loss"] / sums["arch_steps"], 5) if sums["arch_steps"] else None,
             "lr": round(s.sched.get_last_lr()[0], 6), "choices": choices,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def accuracy_text(row: dict[str, Any]) -> str:
+    """An epoch row's accuracies for a person: train, held-out (search epochs) and test (where scored)."""
+    parts = [f"train acc {row['train_acc']:.3f}"] if row.get("train_acc") is not None else []
+    if row.get("valid_acc") is not None:
+        parts.append(f"held-out acc {row['valid_acc']:.3f}")
+    if row.get("test_acc") is not None:
+        parts.append(f"test acc {row['test_acc']:.3f}")
+    return ", ".join(parts)
 
 
 def _checkpoint(s: _Search, epoch: int) -> None:
@@ -640,15 +654,18 @@ def train_arch(arch: ArchSpec, data: str, out: str | Path, epochs: int = 10, bat
             correct += float((logits.argmax(1) == y).sum())
             seen += len(y)
             progress.step()
-        net.eval()
-        tc = tn = 0
-        with torch.no_grad():
-            for x, y in DataLoader(ds.test, batch_size=256):
-                tc += int((net(x).argmax(1) == y).sum())
-                tn += len(y)
-        net.train()
+        test_acc = None
+        if epoch == epochs - 1:  # the test split is scored once, at the end (see `_epoch`)
+            net.eval()
+            tc = tn = 0
+            with torch.no_grad():
+                for x, y in DataLoader(ds.test, batch_size=256):
+                    tc += int((net(x).argmax(1) == y).sum())
+                    tn += len(y)
+            net.train()
+            test_acc = round(tc / max(tn, 1), 5)
         row = {"epoch": epoch, "train_loss": round(loss_sum / seen, 5), "train_acc": round(correct / seen, 5),
-               "test_acc": round(tc / max(tn, 1), 5), "seconds": round(time.perf_counter() - t0, 2)}
+               "test_acc": test_acc, "seconds": round(time.perf_counter() - t0, 2)}
         log.append(row)
         progress.epoch_end(row)
     torch.save(net.state_dict(), out / "weights.pt")

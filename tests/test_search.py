@@ -217,7 +217,8 @@ def test_search_end_to_end_cli_export_verify_train(measured, tmp_path, capsys, c
     assert arch.keys == res["blocks"] and len(arch.meta["probabilities"]) == 3
     assert res["fastest_ms"] <= res["predicted_ms"] <= res["slowest_ms"]
     row = res["log"][0]
-    assert {"train_acc", "test_acc", "expected_ms", "argmax_ms"} <= set(row) and row["arch_steps"] > 0
+    assert {"train_acc", "valid_acc", "test_acc", "expected_ms", "argmax_ms"} <= set(row) and row["arch_steps"] > 0
+    assert 0 <= row["valid_acc"] <= 1 and 0 <= row["test_acc"] <= 1  # one epoch: the last, so test is scored
     assert (out / "log.csv").read_text().startswith("epoch,")
     for b in ("executorch", "tvm"):
         assert "path" in res["exported"][b], res["exported"][b]
@@ -260,6 +261,9 @@ def test_shared_weights_search_end_to_end_cli(measured, tmp_path, capsys):
     assert net(arch.example_input()).shape == (1, 10)
     assert res["log"][1]["train_loss"] < res["log"][0]["train_loss"]
     assert any(max(p) > min(p) + 1e-4 for p in arch.meta["probabilities"])  # the architecture steps moved
+    # the held-out split is scored every epoch, the test split once, after the last
+    assert [r["test_acc"] is None for r in res["log"]] == [True, False]
+    assert all(0 <= r["valid_acc"] <= 1 for r in res["log"]) and arch.meta["test_acc_supernet"] == res["log"][1]["test_acc"]
 
 
 class _StopAt(SearchProgress):
@@ -404,3 +408,12 @@ def test_inherited_accuracy_of_subnetworks_after_a_shared_search(measured, tmp_p
     assert inherited_accuracy(tmp_path / "s", choices) == accs  # deterministic, supernet left as it was
     with pytest.raises(SearchError, match="no search checkpoint"):
         inherited_accuracy(tmp_path / "nothing", choices)
+
+
+def test_training_scores_the_test_split_once_after_the_last_epoch(tmp_path):
+    from search.train import train_arch
+
+    space = load_space(SPACE)
+    r = train_arch(space.arch(space.uniform_choices("k3e3")), "digits", tmp_path, epochs=2, batch_size=32, limit=300)
+    assert [row["test_acc"] is None for row in r["log"]] == [True, False]
+    assert r["test_acc"] == r["log"][-1]["test_acc"] and 0 <= r["test_acc"] <= 1

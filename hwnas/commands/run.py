@@ -168,7 +168,9 @@ class _Bars:
         self.advance("epoch", "")
 
     def epoch_end(self, row):
-        txt = f"      epoch {row['epoch'] + 1}: test acc {row['test_acc']:.3f}"
+        from search.train import accuracy_text
+
+        txt = f"      epoch {row['epoch'] + 1}: {accuracy_text(row)}"
         if "expected_ms" in row:
             txt += f", E[LAT] {row['expected_ms']:.4g} ms, argmax {row['argmax_ms']:.4g} ms"
         (self.bar.console if self.bar else self.console).print(txt + f" [dim]({row['seconds']:.1f} s)[/dim]")

@@ -171,7 +171,9 @@ class _RichProgress:
 
     def epoch_end(self, row):
         if self.bar:
-            parts = [f"epoch {row['epoch'] + 1}", f"train acc {row['train_acc']:.3f}", f"test acc {row['test_acc']:.3f}"]
+            from search.train import accuracy_text
+
+            parts = [f"epoch {row['epoch'] + 1}", accuracy_text(row)]
             if "expected_ms" in row:
                 parts += [f"E[LAT] {row['expected_ms']:.4g} ms", f"argmax net {row['argmax_ms']:.4g} ms"]
             parts.append(f"{row['seconds']:.1f} s")
@@ -198,6 +200,10 @@ def _user(fn, *a, **kw):
 
 
 # ---- search ------------------------------------------------------------------------------------
+
+def _acc(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
 
 def cmd_search(args) -> int:
     from search.export import export_network
@@ -233,10 +239,10 @@ def cmd_search(args) -> int:
     from rich.table import Table
 
     t = Table(title=f"search of {args.space} on {args.data} ({args.mode}, {args.weights} weights, {args.loss} loss)")
-    for c in ("epoch", "phase", "train acc", "test acc", "E[LAT] ms", "argmax ms", "choices"):
+    for c in ("epoch", "phase", "train acc", "held-out acc", "test acc", "E[LAT] ms", "argmax ms", "choices"):
         t.add_column(c)
     for r in res.log:
-        t.add_row(str(r["epoch"] + 1), r["phase"], f"{r['train_acc']:.3f}", f"{r['test_acc']:.3f}",
+        t.add_row(str(r["epoch"] + 1), r["phase"], f"{r['train_acc']:.3f}", _acc(r.get("valid_acc")), _acc(r["test_acc"]),
                   f"{r['expected_ms']:.4g}", f"{r['argmax_ms']:.4g}", " ".join(map(str, r["choices"])))
     from rich.console import Console
 
