@@ -397,7 +397,7 @@ def judge(f: NetResult, family: list[NetResult], randoms: list[NetResult], sprea
         return dict(out, goal=None, goal_note="no seed spread: the goal cannot be judged")
     out["dominated_by_more_than_spread"] = [b.name for b in baselines if b.measured_ms <= f.measured_ms
                                             and b.test_acc > f.test_acc + spread]
-    peers = [m for m in family if m.test_acc >= f.test_acc - spread]  # as accurate (or more), within the spread
+    peers = [m for m in family if abs(m.test_acc - f.test_acc) <= spread]  # as accurate, within the spread
     best = min(peers, key=lambda m: m.measured_ms) if peers else None
     out["fastest_uniform_as_accurate"] = None if best is None else {
         "name": best.name, "measured_ms": best.measured_ms, "test_acc": best.test_acc,

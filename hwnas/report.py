@@ -320,16 +320,26 @@ def summary(run: Path) -> dict[str, Any]:
     return s
 
 
-def compare(found: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
+#: a found network beats the family where it is at least this many times faster than the fastest uniform
+#: network as accurate within the seed spread (issue 12's bar; ProxylessNAS reported 1.8x on a phone)
+WIN_SPEEDUP = 1.5
+
+
+def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: float = WIN_SPEEDUP) -> dict[str, Any]:
     """The found network against the uniform family, honestly.
 
     ``found`` and each member: ``acc`` (mean test accuracy over seeds), ``accs`` (each seed's) and
     ``ms`` (measured latency). Two networks count as equally accurate where their accuracies differ
     by no more than the seed-to-seed spread (the largest difference between two seeds of one
     network); with one seed per network there is no spread and no claim of equal accuracy.
+
+    ``beats_family``: the found network is at least ``win_speedup`` times faster than the fastest member
+    that is as accurate within the spread, or it is more accurate, by more than the spread, than every
+    member that is no slower (and at least one is).
     """
     spreads = [max(a) - min(a) for a in [found["accs"]] + [m["accs"] for m in members] if len(a) > 1]
-    out: dict[str, Any] = {"seed_spread": max(spreads) if spreads else None, "peer": None, "speedup": None}
+    out: dict[str, Any] = {"seed_spread": max(spreads) if spreads else None, "peer": None, "speedup": None,
+                           "win_speedup": win_speedup, "beats_family": None}
     if not members:
         return dict(out, verdict="no uniform network was measured")
     tol = out["seed_spread"]
@@ -347,23 +357,39 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, A
     if peers:
         best = min(peers, key=lambda m: m["ms"])
         out.update(peer=best["op"], speedup=best["ms"] / found["ms"])
+    bar = min(peers, key=lambda m: m["ms"]) if peers else None
+    no_slower = [m for m in members if m["ms"] <= found["ms"]]
+    out["goal_speedup_met"] = bar is not None and bar["ms"] / found["ms"] >= win_speedup
+    out["goal_more_accurate_met"] = bool(no_slower) and all(found["acc"] > m["acc"] + tol for m in no_slower)
+    out["beats_family"] = out["goal_speedup_met"] or out["goal_more_accurate_met"]
+    win = (f"a win: {bar['ms'] / found['ms']:.2f}x faster than uniform {bar['op']}, the fastest uniform network as "
+           f"accurate within the seed spread ({pts}; the bar is {win_speedup:g}x)"
+           if out["goal_speedup_met"] else
+           f"a win: more accurate than every uniform network that is no slower "
+           f"({', '.join(m['op'] for m in no_slower)}) by more than the seed spread ({pts})")
     if out["all_equally_accurate"]:
         who = (f"the found network is the fastest ({fastest['ms'] / found['ms']:.2f}x the speed of uniform "
                f"{fastest['op']})" if found["ms"] <= fastest["ms"]
                else f"uniform {fastest['op']} is faster than the found network")
-        out["verdict"] = f"every network scores the same within the seed spread ({pts}): the fastest is the right " \
-                         f"answer, and {who}"
+        out["verdict"] = (f"{win}; every network scores the same within the seed spread, and {who}"
+                          if out["beats_family"] else
+                          f"every network scores the same within the seed spread ({pts}): the fastest is the right "
+                          f"answer, and {who}")
     elif dominated:
         out["verdict"] = (f"a loss: uniform {', '.join(dominated)} is no slower and more accurate by more than the "
                           f"seed spread ({pts})")
+    elif out["beats_family"]:
+        out["verdict"] = win + (f"; uniform {', '.join(m['op'] for m in better)} is more accurate, and slower"
+                                if better else "")
     elif better:
         out["verdict"] = (f"a trade, not a win: faster than uniform {', '.join(m['op'] for m in better)} but less "
                           f"accurate by more than the seed spread ({pts})"
-                          + (f"; {out['speedup']:.2f}x the speed of uniform {out['peer']}, as accurate"
-                             if out["speedup"] is not None else ""))
+                          + (f"; {out['speedup']:.2f}x the speed of uniform {out['peer']}, as accurate (the bar "
+                             f"for a win is {win_speedup:g}x)" if out["speedup"] is not None else ""))
     elif out["speedup"] is not None:
         out["verdict"] = (f"{out['speedup']:.2f}x faster than uniform {out['peer']}, the fastest uniform network as "
-                          f"accurate within the seed spread ({pts}); none is more accurate")
+                          f"accurate within the seed spread ({pts}); none is more accurate; the bar for a win is "
+                          f"{win_speedup:g}x")
     else:
         out["verdict"] = f"more accurate than every uniform network by more than the seed spread ({pts})"
     return out
