@@ -320,6 +320,11 @@ def summary(run: Path) -> dict[str, Any]:
     return s
 
 
+def _gap(d: float) -> str:
+    """An accuracy difference in points, signed in words: what a verdict of equal accuracy hides."""
+    return "equally accurate" if abs(d) < 5e-5 else f"{100 * abs(d):.2f} points {'more' if d > 0 else 'less'} accurate"
+
+
 #: a found network beats the family where it is at least this many times faster than the fastest uniform
 #: network as accurate within the seed spread (issue 12's bar; ProxylessNAS reported 1.8x on a phone)
 WIN_SPEEDUP = 1.5
@@ -363,7 +368,8 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: f
     out["goal_more_accurate_met"] = bool(no_slower) and all(found["acc"] > m["acc"] + tol for m in no_slower)
     out["beats_family"] = out["goal_speedup_met"] or out["goal_more_accurate_met"]
     win = (f"a win: {bar['ms'] / found['ms']:.2f}x faster than uniform {bar['op']}, the fastest uniform network as "
-           f"accurate within the seed spread ({pts}; the bar is {win_speedup:g}x)"
+           f"accurate within the seed spread ({_gap(found['acc'] - bar['acc'])}, spread {pts}; the bar is "
+           f"{win_speedup:g}x)"
            if out["goal_speedup_met"] else
            f"a win: more accurate than every uniform network that is no slower "
            f"({', '.join(m['op'] for m in no_slower)}) by more than the seed spread ({pts})")
@@ -384,8 +390,9 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: f
     elif better:
         out["verdict"] = (f"a trade, not a win: faster than uniform {', '.join(m['op'] for m in better)} but less "
                           f"accurate by more than the seed spread ({pts})"
-                          + (f"; {out['speedup']:.2f}x the speed of uniform {out['peer']}, as accurate (the bar "
-                             f"for a win is {win_speedup:g}x)" if out["speedup"] is not None else ""))
+                          + (f"; {out['speedup']:.2f}x the speed of uniform {out['peer']}, as accurate "
+                             f"({_gap(found['acc'] - bar['acc'])}; the bar for a win is {win_speedup:g}x)"
+                             if out["speedup"] is not None else ""))
     elif out["speedup"] is not None:
         out["verdict"] = (f"{out['speedup']:.2f}x faster than uniform {out['peer']}, the fastest uniform network as "
                           f"accurate within the seed spread ({pts}); none is more accurate; the bar for a win is "
