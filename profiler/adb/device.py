@@ -342,7 +342,7 @@ class AdbDevice:
             return None
         from executorch.devtools import Inspector
 
-        from profiler.backends._executorch import _summarise_ops
+        from profiler.backends.etdump import summarise_ops
 
         dump = f"{remote}.etdp"
         argv = [self.runner_remote, "--model_path", remote, "--num_executions", str(max(1, runs)),
@@ -356,7 +356,7 @@ class AdbDevice:
             self._t.pull(dump, local, timeout_s=timeout_s)
             self._t.shell(["rm", "-f", dump], timeout_s=30)
             df = Inspector(etdump_path=str(local), etrecord=etrecord).to_dataframe()
-        return _summarise_ops(df)
+        return summarise_ops(df)
 
     # ---- description ------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
