@@ -9,11 +9,14 @@ inside their stage too):
                that the sum of isolated blocks misses
     predictor  fit the latency predictor to the blocks (+ the overhead); leave-one-out accuracy
     search     ProxylessNAS search with the predictor's latency table
+    measure    time the found network on the device: predicted against measured; on a miss,
+               re-time it, refit the network model and derive the network again (the closed loop)
     train      train the found network from scratch
     export     compile it (trained weights) with the backend
-    measure    time the found network on the device: predicted against measured
     baseline   train and time the uniform family of the space (every layer the same op)
     report     report.html + summary.json
+
+Each stage's result is a typed record (`hwnas.stages`) saved as ``<stage>.json`` (`hwnas.rundir`).
 
 The options of a run are saved in ``config.yaml``; a second call with other result-changing
 options on the same folder is refused (one line), so a folder always holds one experiment.

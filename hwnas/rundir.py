@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.stages import STAGE_RECORDS, StageRecord
+
 __all__ = ["STAGES", "Run", "CONFIG_FILE", "PREDICTOR_FILE", "SUMMARY_FILE", "REPORT_FILE", "ARCH_FILE",
            "write_json", "read_json"]
 
@@ -113,15 +115,13 @@ class Run:
         p = self.dir / f"{stage}.json"
         return read_json(p) if p.exists() else None
 
-    def record(self, stage: str):
+    def record(self, stage: str) -> StageRecord | None:
         """A finished stage's result as its typed record (`hwnas.stages.STAGE_RECORDS`), or None where
         the stage has not finished. Raises `hwnas.stages.StageFileError` where the file holds another shape."""
-        from hwnas.stages import STAGE_RECORDS
-
         d = self.result(stage)
         return None if d is None else STAGE_RECORDS[stage].from_json(d, str(self.dir / f"{stage}.json"))
 
-    def finish(self, stage: str, result, seconds: float) -> None:
+    def finish(self, stage: str, result: StageRecord, seconds: float) -> None:
         """Save a stage's record (``to_json``) and mark the stage done with its wall time (s)."""
         write_json(self.dir / f"{stage}.json", result.to_json())
         st = self.state()

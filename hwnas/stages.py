@@ -22,7 +22,7 @@ from profiler.errors import HwnasError
 
 __all__ = ["StageFileError", "ProfileStage", "CalibrationNetwork", "CalibrateStage", "PredictorStage", "SearchStage",
            "Round", "MeasureStage", "TrainStage", "ExportStage", "BaselineMember", "BaselineStage", "ReportStage",
-           "STAGE_RECORDS"]
+           "STAGE_RECORDS", "StageRecord"]
 
 
 class StageFileError(HwnasError, ValueError):
@@ -287,8 +287,12 @@ class ReportStage(_Record):
     plots: str  # the plots' folder
 
 
+#: any stage's record
+StageRecord = (ProfileStage | CalibrateStage | PredictorStage | SearchStage | MeasureStage | TrainStage | ExportStage
+               | BaselineStage | ReportStage)
+
 #: stage name (hwnas.rundir.STAGES) -> its record type
-STAGE_RECORDS: dict[str, type] = {
+STAGE_RECORDS: dict[str, type[StageRecord]] = {
     "profile": ProfileStage, "calibrate": CalibrateStage, "predictor": PredictorStage, "search": SearchStage,
     "measure": MeasureStage, "train": TrainStage, "export": ExportStage, "baseline": BaselineStage,
     "report": ReportStage,
