@@ -215,7 +215,7 @@ def _train_net(args, root: Path, arch, name: str, family: str, choices: list[int
     log(f"{name}: training {cfg.seeds} seeds x {cfg.train_epochs} epochs")
     try:
         tr = _train(cfg, arch, root / "train" / _slug(name), _Progress(name))
-        res = NetResult(**base, test_acc=tr["test_acc"], test_acc_seeds=tr["test_acc_seeds"],
+        res = NetResult(**base, test_acc=tr.test_acc, test_acc_seeds=list(tr.test_acc_seeds),
                         train_seconds=round(time.perf_counter() - t0, 1))
         log(f"{name}: test accuracy {res.test_acc:.4f} (seeds {res.test_acc_seeds})")
     except Exception as e:  # any failure of this network is its result, not the benchmark's end

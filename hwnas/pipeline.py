@@ -9,11 +9,14 @@ inside their stage too):
                that the sum of isolated blocks misses
     predictor  fit the latency predictor to the blocks (+ the overhead); leave-one-out accuracy
     search     ProxylessNAS search with the predictor's latency table
+    measure    time the found network on the device: predicted against measured; on a miss,
+               re-time it, refit the network model and derive the network again (the closed loop)
     train      train the found network from scratch
     export     compile it (trained weights) with the backend
-    measure    time the found network on the device: predicted against measured
     baseline   train and time the uniform family of the space (every layer the same op)
     report     report.html + summary.json
+
+Each stage's result is a typed record (`hwnas.stages`) saved as ``<stage>.json`` (`hwnas.rundir`).
 
 The options of a run are saved in ``config.yaml``; a second call with other result-changing
 options on the same folder is refused (one line), so a folder always holds one experiment.
@@ -21,6 +24,7 @@ options on the same folder is refused (one line), so a folder always holds one e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -30,7 +34,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hwnas.rundir import ARCH_FILE, PREDICTOR_FILE, STAGES, Run, write_json
+from hwnas.rundir import ARCH_FILE, PREDICTOR_FILE, STAGES, Run, read_json, write_json
+from hwnas.stages import (BaselineMember, BaselineStage, CalibrateStage, CalibrationNetwork, ExportStage,
+                          MeasureStage, PredictorStage, ProfileStage, ReportStage, Round, SearchStage, TrainStage)
 from profiler.errors import HwnasError
 
 __all__ = ["RunConfig", "RunError", "STAGES", "run", "load_config"]
@@ -260,10 +266,11 @@ def _train_threads(cfg: RunConfig) -> int:
 
 # ---- stages ----------------------------------------------------------------------------------------
 #
-# Each stage is ``stage_x(run, cfg, progress) -> (result, one-line summary)``; the result is saved as
-# ``<stage>.json`` in the run folder by `run`, and later stages read it back with ``run.result(...)``.
+# Each stage is ``stage_x(run, cfg, progress) -> (record, one-line summary)``; the record (hwnas.stages)
+# is saved as ``<stage>.json`` in the run folder by `run`, and later stages read it back with
+# ``run.record(...)``.
 
-def stage_profile(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_profile(run: Run, cfg: RunConfig, progress: Progress) -> tuple[ProfileStage, str]:
     from profiler.devices import env_snapshot, local_info, parse_device
     from profiler.spaces import load_space
 
@@ -286,9 +293,8 @@ def stage_profile(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[st
     if not ok:
         raise RunError(f"no block of {cfg.space!r} could be measured on {cfg.device} with {cfg.backend}; "
                        f"first failure: {next(iter(failed.values()), 'unknown')}")
-    out = {"space": cfg.space, "blocks": len(keys), "measured_now": len(res.measured), "reused": res.skipped,
-           "ok": len(ok), "failed": failed, "env": env, "db": cfg.db, "retimed": res.retimed,
-           "unclean": res.unclean}
+    out = ProfileStage(space=cfg.space, blocks=len(keys), measured_now=len(res.measured), reused=res.skipped,
+                       ok=len(ok), failed=failed, env=env, db=cfg.db, retimed=res.retimed, unclean=res.unclean)
     line = f"{len(ok)}/{len(keys)} blocks measured ({len(res.measured)} now, {res.skipped} from the store)"
     if res.unclean:  # timed again and still disturbed: the predictor leaves them to its regression
         line += (f"; {len(res.unclean)} could not be timed cleanly ({', '.join(sorted({f for v in res.unclean.values() for f in v}))}) "
@@ -301,7 +307,7 @@ def _baseline_archs(cfg: RunConfig, space) -> dict[str, Any]:
     return {op: space.arch(space.uniform_choices(op), f"{space.name}-uniform-{op}") for op in cfg.baseline}
 
 
-def stage_calibrate(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_calibrate(run: Run, cfg: RunConfig, progress: Progress) -> tuple[CalibrateStage, str]:
     from profiler.spaces import load_space
 
     space = load_space(cfg.space)
@@ -317,12 +323,12 @@ def stage_calibrate(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[
     got = _measured(cfg, [a.key for _, a in archs], "network")
     # a network timed under interference (and again, still disturbed) is no ground to fit a model on
     unclean = {a.key: got[a.key]["flags"] for _, a in archs if a.key in got and not is_trusted("ok", got[a.key]["flags"])}
-    nets = [{"choices": c, "key": a.key, "blocks": a.keys, "measured_ms": got[a.key]["median_ms"]}
+    nets = [CalibrationNetwork(choices=tuple(c), key=a.key, blocks=tuple(a.keys), measured_ms=got[a.key]["median_ms"])
             for c, a in archs if a.key in got and a.key not in unclean]
     failed = _failures(cfg, [a.key for _, a in archs if a.key not in got], "network")
-    span = (f" ({min(n['measured_ms'] for n in nets):.4g}-{max(n['measured_ms'] for n in nets):.4g} ms)"
+    span = (f" ({min(n.measured_ms for n in nets):.4g}-{max(n.measured_ms for n in nets):.4g} ms)"
             if nets else "")
-    return ({"networks": nets, "failed": failed, "unclean": unclean},
+    return (CalibrateStage(networks=tuple(nets), failed=failed, unclean=unclean),
             f"{len(nets)} networks spanning the space timed end to end{span}"
             + (f", {len(failed)} failed" if failed else "")
             + (f", {len(unclean)} left out: not timed cleanly" if unclean else ""))
@@ -337,7 +343,7 @@ def _block_entries(cfg: RunConfig):
     return {k: v for k, v in entries.items() if k in keys}, meta
 
 
-def _fit(cfg: RunConfig, entries, meta, networks: list[dict[str, Any]]):
+def _fit(cfg: RunConfig, entries, meta, networks: list[CalibrationNetwork]):
     """The block predictor and, with timed networks, the network model chosen on them."""
     from predictor import fit_predictor
     from predictor.network import choose_network_model
@@ -346,11 +352,11 @@ def _fit(cfg: RunConfig, entries, meta, networks: list[dict[str, Any]]):
     pred = fit_predictor(entries, model=cfg.predictor, seed=cfg.seed, meta=meta)
     if not networks:
         return pred, None
-    nets = [[BlockSpec.from_key(k) for k in n["blocks"]] for n in networks]
-    return choose_network_model(pred, nets, [n["measured_ms"] for n in networks])
+    nets = [[BlockSpec.from_key(k) for k in n.blocks] for n in networks]
+    return choose_network_model(pred, nets, [n.measured_ms for n in networks])
 
 
-def stage_predictor(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_predictor(run: Run, cfg: RunConfig, progress: Progress) -> tuple[PredictorStage, str]:
     from predictor import cross_validate, save_predictor
     from predictor.evaluate import plot
     from profiler.blocks import BlockSpec
@@ -366,11 +372,11 @@ def stage_predictor(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[
         plot(ev, run.dir / "plots" / "predictor_blocks.png",
              title=f"blocks, leave-one-out ({cfg.backend}, {cfg.device})")
         block_eval = ev.to_dict()
-    pred, net_fit = _fit(cfg, entries, meta, run.result("calibrate")["networks"])
+    pred, net_fit = _fit(cfg, entries, meta, list(run.record("calibrate").networks))
     path = save_predictor(pred, run.path(PREDICTOR_FILE))
     net_eval = net_fit.to_dict() if net_fit else {}
-    out = {"path": str(path), "model": _describe(pred), "rows": len(entries), "overhead_ms": pred.overhead_ms,
-           "blocks_loo": block_eval, "networks": net_eval, "meta": meta}
+    out = PredictorStage(path=str(path), model=_describe(pred), rows=len(entries), overhead_ms=pred.overhead_ms,
+                         blocks_loo=block_eval, networks=net_eval, meta=meta)
     s = f"{pred.describe()} on {len(entries)} blocks"
     if block_eval:
         s += f"; block LOO MAPE {100 * block_eval['mape']:.1f}% (FLOPs baseline {100 * block_eval['flops_baseline']['mape']:.1f}%)"
@@ -391,7 +397,7 @@ def _load_pred(run: Run):
     return load_predictor(run.path(PREDICTOR_FILE))
 
 
-def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[SearchStage, str]:
     from search.train import CHECKPOINT, SearchConfig, run_search
 
     pred = _load_pred(run)
@@ -416,14 +422,16 @@ def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str
         raise RunError(str(e)) from None
     arch = res.arch  # the search wrote it (with the network prediction) to ARCH_FILE
     predicted = pred.predict_network_ms(arch)
-    r = {"arch": str(run.path(ARCH_FILE)), "choices": arch.meta["choices"], "blocks": arch.keys,
-         "predicted_ms": float(predicted), "block_sum_ms": arch.meta["predicted_ms"], "overhead_ms": overhead,
-         "search_target_ms": target, "target_ms": target_ms, "target_speedup": cfg.target_speedup,
-         "uniform_predicted_ms": uniform, "log": res.log,
-         "resumed_from_epoch": res.resumed_from,
-         "probabilities": arch.meta.get("probabilities"), "test_acc_supernet": arch.meta.get("test_acc_supernet"),
-         "train_acc_after_warmup": arch.meta.get("train_acc_after_warmup"), "weights": cfg.weights,
-         "fastest_ms": arch.meta["fastest_ms"] + overhead, "slowest_ms": arch.meta["slowest_ms"] + overhead}
+    probs = arch.meta.get("probabilities")
+    r = SearchStage(
+        arch=str(run.path(ARCH_FILE)), choices=tuple(arch.meta["choices"]), blocks=tuple(arch.keys),
+        predicted_ms=float(predicted), block_sum_ms=arch.meta["predicted_ms"], overhead_ms=overhead,
+        search_target_ms=target, target_ms=target_ms, target_speedup=cfg.target_speedup,
+        uniform_predicted_ms=uniform, log=tuple(res.log), resumed_from_epoch=res.resumed_from,
+        probabilities=None if probs is None else tuple(tuple(p) for p in probs),
+        test_acc_supernet=arch.meta.get("test_acc_supernet"),
+        train_acc_after_warmup=arch.meta.get("train_acc_after_warmup"), weights=cfg.weights,
+        fastest_ms=arch.meta["fastest_ms"] + overhead, slowest_ms=arch.meta["slowest_ms"] + overhead)
     how = "" if cfg.target_speedup is None else f": fastest uniform / {cfg.target_speedup:g}"
     tgt = "no target" if target_ms is None else f"target {target_ms:.4g} ms{how}"
     return r, f"found {arch.meta['choices']}: predicted {predicted:.4g} ms ({tgt})"
@@ -444,11 +452,11 @@ def _arch(run: Run):
     """The found network: the last round's of the measure stage where it ran, else the search's."""
     from search.export import read_arch
 
-    measured = run.result("measure")
-    return read_arch(measured["arch"]) if measured else _arch_of_search(run)
+    measured = run.record("measure")
+    return read_arch(measured.final.arch) if measured else _arch_of_search(run)
 
 
-def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> dict[str, Any]:
+def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> TrainStage:
     """Train ``arch`` from scratch with each of the run's seeds: the first seed's result (its weights
     are the ones exported) with ``test_acc`` the mean over seeds and ``test_acc_seeds`` each one."""
     from search.train import train_arch
@@ -459,8 +467,6 @@ def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> dict[str, Any
         folder = out if k == 0 else out / f"seed{cfg.seed + k}"
         done = folder / "result.json"
         if done.exists():
-            from hwnas.rundir import read_json
-
             runs.append(read_json(done))
             continue
         try:
@@ -470,18 +476,16 @@ def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> dict[str, Any
             raise RunError(str(e)) from None
         write_json(done, r)
         runs.append(r)
-    accs = [float(r["test_acc"]) for r in runs]
-    return dict(runs[0], test_acc=float(np.mean(accs)), test_acc_seeds=accs,
-                seeds=[cfg.seed + k for k in range(cfg.seeds)])
+    return TrainStage.of_seeds(runs, [cfg.seed + k for k in range(cfg.seeds)])
 
 
-def stage_train(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_train(run: Run, cfg: RunConfig, progress: Progress) -> tuple[TrainStage, str]:
     r = _train(cfg, _arch(run), run.dir / "train", progress)
-    each = "" if len(r["test_acc_seeds"]) == 1 else f" (seeds: {', '.join(f'{a:.4f}' for a in r['test_acc_seeds'])})"
-    return r, f"test accuracy {r['test_acc']:.4f}{each} after {r['epochs']} epochs"
+    each = "" if len(r.test_acc_seeds) == 1 else f" (seeds: {', '.join(f'{a:.4f}' for a in r.test_acc_seeds)})"
+    return r, f"test accuracy {r.test_acc:.4f}{each} after {r.epochs} epochs"
 
 
-def stage_export(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_export(run: Run, cfg: RunConfig, progress: Progress) -> tuple[ExportStage, str]:
     from search.export import export_network
 
     backends = [cfg.backend] if cfg.backend in ("executorch", "tvm") else []
@@ -490,13 +494,13 @@ def stage_export(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str
     if bad:
         raise RunError(f"export with {', '.join(bad)} failed: {'; '.join(bad.values())}")
     paths = ", ".join(v["path"] for v in r.values()) or "nothing to export for the torch backend"
-    return {"exported": r}, paths
+    return ExportStage(exported=r), paths
 
 
 def _calibrated_range(run: Run) -> tuple[float, float] | None:
     """The measured latencies (ms) the network model was fitted on; None without timed networks."""
-    nw = (run.result("predictor") or {}).get("networks") or {}
-    return tuple(nw["range_ms"]) if nw.get("range_ms") else None
+    pred = run.record("predictor")
+    return pred.range_ms if pred else None
 
 
 def _in_range(ms: float, rng: tuple[float, float] | None) -> bool | None:
@@ -518,17 +522,17 @@ def _time_network(cfg: RunConfig, arch, progress: Progress, retime: bool = False
 
 
 def _round(index: int, arch, arch_path: Path, predicted: float, m: dict[str, Any], rng,
-           target: float | None) -> dict[str, Any]:
+           target: float | None) -> Round:
     err = (predicted - m["median_ms"]) / m["median_ms"]
-    return {"round": index, "arch": str(arch_path), "key": arch.key, "choices": arch.meta.get("choices"),
-            "blocks": arch.keys,
-            "predicted_ms": predicted, "measured_ms": m["median_ms"], "p10_ms": m["p10_ms"], "p90_ms": m["p90_ms"],
-            "n": m["n"], "flags": m["flags"], "error": err, "within_10pct": abs(err) <= MISS,
-            "calibrated_range_ms": rng, "in_calibrated_range": _in_range(predicted, rng),
-            "meets_target": None if target is None else bool(m["median_ms"] <= target)}
+    choices = arch.meta.get("choices")
+    return Round(round=index, arch=str(arch_path), key=arch.key, choices=None if choices is None else tuple(choices),
+                 blocks=tuple(arch.keys), predicted_ms=predicted, measured_ms=m["median_ms"], p10_ms=m["p10_ms"],
+                 p90_ms=m["p90_ms"], n=m["n"], flags=tuple(m["flags"]), error=err, within_10pct=abs(err) <= MISS,
+                 calibrated_range_ms=rng, in_calibrated_range=_in_range(predicted, rng),
+                 meets_target=None if target is None else bool(m["median_ms"] <= target))
 
 
-def stage_measure(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_measure(run: Run, cfg: RunConfig, progress: Progress) -> tuple[MeasureStage, str]:
     """Time the found network; close the loop where its prediction misses by more than `MISS`.
 
     Round 1's error is the out-of-sample one: the network was not among those the model was fitted
@@ -537,27 +541,26 @@ def stage_measure(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[st
     and the network is derived again from the search's probabilities under the same target with the
     refitted latencies (round 2). Both rounds are kept.
     """
-    search = run.result("search")
+    search = run.record("search")
     arch = _arch_of_search(run)
-    target = search.get("target_ms", cfg.target_ms)
-    first = _round(1, arch, run.path(ARCH_FILE), search["predicted_ms"], _time_network(cfg, arch, progress),
+    target = search.target_ms
+    first = _round(1, arch, run.path(ARCH_FILE), search.predicted_ms, _time_network(cfg, arch, progress),
                    _calibrated_range(run), target)
-    rounds = [first]
-    if not first["within_10pct"]:
-        progress.message(f"measured {first['measured_ms']:.4g} ms against {first['predicted_ms']:.4g} ms predicted "
-                         f"({100 * first['error']:+.1f}%): timing it again")
-        again = _round(1, arch, run.path(ARCH_FILE), search["predicted_ms"],
+    if not first.within_10pct:
+        progress.message(f"measured {first.measured_ms:.4g} ms against {first.predicted_ms:.4g} ms predicted "
+                         f"({100 * first.error:+.1f}%): timing it again")
+        again = _round(1, arch, run.path(ARCH_FILE), search.predicted_ms,
                        _time_network(cfg, arch, progress, retime=True), _calibrated_range(run), target)
-        first = rounds[0] = dict(again, first_measured_ms=first["measured_ms"], retimed=True)
-    if not first["within_10pct"]:
+        first = dataclasses.replace(again, first_measured_ms=first.measured_ms, retimed=True)
+    rounds = [first]
+    if not first.within_10pct:
         rounds.append(_second_round(run, cfg, search, first, target, progress))
     final = rounds[-1]
-    r = dict(final, rounds=rounds, target_ms=target)
-    how = (f"measured {final['measured_ms']:.4g} ms against {final['predicted_ms']:.4g} ms predicted "
-           f"({100 * final['error']:+.1f}%)")
+    how = (f"measured {final.measured_ms:.4g} ms against {final.predicted_ms:.4g} ms predicted "
+           f"({100 * final.error:+.1f}%)")
     if len(rounds) > 1:
-        how = (f"round 1 missed ({100 * first['error']:+.1f}%, re-timed); refitted on it, round 2 {how}")
-    return r, how
+        how = (f"round 1 missed ({100 * first.error:+.1f}%, re-timed); refitted on it, round 2 {how}")
+    return MeasureStage(rounds=tuple(rounds), target_ms=target), how
 
 
 def _arch_of_search(run: Run):
@@ -566,41 +569,41 @@ def _arch_of_search(run: Run):
     return read_arch(run.path(ARCH_FILE))
 
 
-def _second_round(run: Run, cfg: RunConfig, search: dict[str, Any], first: dict[str, Any], target: float | None,
-                  progress: Progress) -> dict[str, Any]:
+def _second_round(run: Run, cfg: RunConfig, search: SearchStage, first: Round, target: float | None,
+                  progress: Progress) -> Round:
+    """Refit the network model with round 1's network among the calibration networks, and let the
+    search library derive the network again from the search's probabilities under ``target`` (ms)."""
     import shutil
 
     from predictor import save_predictor
     from profiler.spaces import load_space
-    from search.derive import derive_under_target
-    from search.latency import LatencyTable
+    from search.derive import derive_network
 
     progress.message("the miss stayed: refitting the network model with the found network, deriving again")
-    networks = list(run.result("calibrate")["networks"])
-    networks.append({"choices": first["choices"], "key": first["key"], "blocks": _arch_of_search(run).keys,
-                     "measured_ms": first["measured_ms"], "from": "round 1 of the closed loop"})
+    networks = list(run.record("calibrate").networks)
+    networks.append(CalibrationNetwork(choices=first.choices, key=first.key, blocks=tuple(_arch_of_search(run).keys),
+                                       measured_ms=first.measured_ms))  # round 1 of the closed loop
     entries, meta = _block_entries(cfg)
     pred, fit = _fit(cfg, entries, dict(meta, space=cfg.space), networks)
     first_pred = run.path(PREDICTOR_FILE)
     shutil.copyfile(first_pred, first_pred.with_name("latency-predictor-round1.json"))
     save_predictor(pred, first_pred)  # later stages (baselines) predict with the refitted model
     space = load_space(cfg.space)
-    table = LatencyTable.build(space, pred)
-    block_target = None if target is None else target - pred.overhead_ms
-    choices = derive_under_target(table, search["probabilities"], block_target)
-    arch = space.arch(choices, f"{space.name}-found-round2")
-    arch.meta.update(choices=choices, round=2, predicted_network_ms=float(pred.predict_network_ms(arch)))
+    try:
+        arch = derive_network(space, pred, search.probabilities, target, f"{space.name}-found-round2",
+                              meta={"round": 2})
+    except ValueError as e:  # SearchError: one line
+        raise RunError(str(e)) from None
     path = run.path(ARCH_FILE).with_name("arch-round2.json")
     path.write_text(arch.to_json())
-    predicted = float(pred.predict_network_ms(arch))
-    rnd = _round(2, arch, path, predicted, _time_network(cfg, arch, progress), tuple(fit.range_ms), target)
-    rnd.update(network_model=fit.to_dict(), same_network_as_round1=arch.key == first["key"],
-               # the refit saw this network when it is round 1's: its error is then in-sample
-               in_sample=arch.key == first["key"])
-    return rnd
+    rnd = _round(2, arch, path, arch.meta["predicted_network_ms"], _time_network(cfg, arch, progress),
+                 tuple(fit.range_ms), target)
+    # the refit saw this network when it is round 1's: its error is then in-sample
+    return dataclasses.replace(rnd, network_model=fit.to_dict(), same_network_as_round1=arch.key == first.key,
+                               in_sample=arch.key == first.key)
 
 
-def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[BaselineStage, str]:
     from profiler.spaces import load_space
 
     pred = _load_pred(run)
@@ -612,49 +615,48 @@ def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[s
     for op, arch in _baseline_archs(cfg, space).items():
         done = part / f"{op}.json"
         if done.exists():  # finished before a kill: keep it
-            from hwnas.rundir import read_json
-
-            members.append(read_json(done))
+            members.append(BaselineMember.from_json(read_json(done), str(done)))
             continue
         progress.message(f"baseline {op}: training, then timing")
         tr = _train(cfg, arch, part / op, progress)
         _profile(cfg, [arch], progress)
         got = _measured(cfg, [arch.key], "network")
         predicted = float(pred.predict_network_ms(arch))
-        m = {"op": op, "key": arch.key, "blocks": arch.keys, "test_acc": tr["test_acc"],
-             "test_acc_seeds": tr["test_acc_seeds"],
-             "predicted_ms": predicted, "in_calibrated_range": _in_range(predicted, rng),
-             "measured_ms": got[arch.key]["median_ms"] if arch.key in got else None,
-             "error": None if arch.key in got else _failures(cfg, [arch.key], "network").get(arch.key, "not measured")}
-        write_json(done, m)
+        m = BaselineMember(
+            op=op, key=arch.key, blocks=tuple(arch.keys), test_acc=tr.test_acc, test_acc_seeds=tr.test_acc_seeds,
+            predicted_ms=predicted, in_calibrated_range=_in_range(predicted, rng),
+            measured_ms=got[arch.key]["median_ms"] if arch.key in got else None,
+            error=None if arch.key in got else _failures(cfg, [arch.key], "network").get(arch.key, "not measured"))
+        write_json(done, m.to_json())
         members.append(m)
-    ok = [m for m in members if m["measured_ms"] is not None]
+    ok = [m for m in members if m.measured_ms is not None]
     inherited = _inherited(run, cfg, space, members)
-    return ({"members": members, "inherited": inherited},
-            ", ".join(f"{m['op']} {m['measured_ms']:.3g} ms acc {m['test_acc']:.3f}" for m in ok))
+    return (BaselineStage(members=tuple(members), inherited=inherited),
+            ", ".join(f"{m.op} {m.measured_ms:.3g} ms acc {m.test_acc:.3f}" for m in ok))
 
 
-def _inherited(run: Run, cfg: RunConfig, space, members: list[dict[str, Any]]) -> dict[str, Any]:
+def _inherited(run: Run, cfg: RunConfig, space, members: list[BaselineMember]) -> dict[str, dict[str, Any]]:
     """The accuracy the found network and each baseline inherit from the supernet (BN recalibrated),
     beside their accuracy trained from scratch: how well the supernet ranks networks."""
     from search.train import inherited_accuracy
 
-    found = run.result("measure") or {}
-    nets = {"found": found.get("choices")} | {m["op"]: space.uniform_choices(m["op"]) for m in members}
+    found, train = run.record("measure"), run.record("train")
+    nets = {"found": list(found.final.choices) if found and found.final.choices is not None else None}
+    nets |= {m.op: space.uniform_choices(m.op) for m in members}
     nets = {k: v for k, v in nets.items() if v is not None}
     accs = inherited_accuracy(run.path(ARCH_FILE).parent, list(nets.values()), threads=_train_threads(cfg))
-    scratch = {"found": (run.result("train") or {}).get("test_acc")} | {m["op"]: m["test_acc"] for m in members}
+    scratch = {"found": train.test_acc if train else None} | {m.op: m.test_acc for m in members}
     return {k: {"inherited_acc": a, "scratch_acc": scratch.get(k)} for k, a in zip(nets, accs)}
 
 
-def stage_report(run: Run, cfg: RunConfig, progress: Progress) -> tuple[dict[str, Any], str]:
+def stage_report(run: Run, cfg: RunConfig, progress: Progress) -> tuple[ReportStage, str]:
     from hwnas.report import write_report
 
     paths = write_report(run.dir)
-    return {k: str(v) for k, v in paths.items()}, str(paths["html"])
+    return ReportStage(html=str(paths["html"]), plots=str(paths["plots"])), str(paths["html"])
 
 
-STAGE_FUNCS: dict[str, Callable[[Run, RunConfig, Progress], tuple[dict[str, Any], str]]] = {
+STAGE_FUNCS: dict[str, Callable[[Run, RunConfig, Progress], tuple[Any, str]]] = {
     "profile": stage_profile, "calibrate": stage_calibrate, "predictor": stage_predictor, "search": stage_search,
     "train": stage_train, "export": stage_export, "measure": stage_measure, "baseline": stage_baseline,
     "report": stage_report,

@@ -5,7 +5,7 @@ so a file of the folder has one writer:
 
     config.yaml               the run's options (written when the run opens)
     stages.json               status and wall time of each finished stage
-    <stage>.json              each stage's result (written when the stage finishes)
+    <stage>.json              each stage's result (written when the stage finishes; hwnas.stages)
     latency-predictor.json    the fitted latency model (predictor stage)
     search/arch.json          the found network (written by the search itself)
     report.html, plots/*.png  the report (report stage)
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hwnas.stages import STAGE_RECORDS, StageRecord
 
 __all__ = ["STAGES", "Run", "CONFIG_FILE", "PREDICTOR_FILE", "SUMMARY_FILE", "REPORT_FILE", "ARCH_FILE",
            "write_json", "read_json"]
@@ -109,12 +111,19 @@ class Run:
         return self.state().get(stage, {}).get("status") == "done" and (self.dir / f"{stage}.json").exists()
 
     def result(self, stage: str) -> dict[str, Any] | None:
-        """A finished stage's result, or None where the stage has not finished."""
+        """A finished stage's result as its JSON object, or None where the stage has not finished."""
         p = self.dir / f"{stage}.json"
         return read_json(p) if p.exists() else None
 
-    def finish(self, stage: str, result: dict[str, Any], seconds: float) -> None:
-        write_json(self.dir / f"{stage}.json", result)
+    def record(self, stage: str) -> StageRecord | None:
+        """A finished stage's result as its typed record (`hwnas.stages.STAGE_RECORDS`), or None where
+        the stage has not finished. Raises `hwnas.stages.StageFileError` where the file holds another shape."""
+        d = self.result(stage)
+        return None if d is None else STAGE_RECORDS[stage].from_json(d, str(self.dir / f"{stage}.json"))
+
+    def finish(self, stage: str, result: StageRecord, seconds: float) -> None:
+        """Save a stage's record (``to_json``) and mark the stage done with its wall time (s)."""
+        write_json(self.dir / f"{stage}.json", result.to_json())
         st = self.state()
         st[stage] = {"status": "done", "seconds": round(seconds, 2),
                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -282,9 +282,9 @@ def _host_session(dev: DeviceSpec, be, o: ProfileOptions) -> Iterator[Session]:
                   o.tune_trials, () if remote else tuple(core_list))
 
 
-def _phone_gpu(info: dict, api: str, spec: str) -> None:
+def _phone_gpu(info, api: str, spec: str) -> None:
     """Refuse --gpu on a phone whose vendor ships no `api` (opencl, vulkan) driver."""
-    if not info["props"].get(f"gpu_{api}"):
+    if not info.props.get(f"gpu_{api}"):  # info: profiler.adb.parsers.PhoneInfo
         where = {"opencl": "libOpenCL.so in /vendor/lib64, /system/vendor/lib64 or /system/lib64",
                  "vulkan": "ro.hardware.vulkan or /vendor/lib64/hw/vulkan.*.so"}[api]
         raise DeviceError(f"{spec}: --gpu needs {api.capitalize() if api == 'vulkan' else 'OpenCL'} on the phone and "
@@ -316,7 +316,7 @@ def _adb_executorch_session(dev: DeviceSpec, be, o: ProfileOptions, opts, progre
         raise ValueError("on a phone the runner's thread count is set when it is built; use --threads 1")
     phone = AdbDevice(dev.address, opts, on_message=progress.message)
     with phone:
-        abi = phone.info["props"].get("abi") or "unknown-abi"
+        abi = phone.info.props.get("abi") or "unknown-abi"
         target = be.target_for(dev.spec, o.cross or f"android-{abi}")
         if o.gpu:
             _phone_gpu(phone.info, "vulkan", dev.spec)
@@ -339,7 +339,7 @@ def _adb_tvm_session(dev: DeviceSpec, be, o: ProfileOptions, opts, progress: Pro
                           f"(docs/phones.md)")
     phone = AdbDevice(dev.address, dataclasses.replace(opts, runner=None), on_message=progress.message)
     with phone:
-        abi = phone.info["props"].get("abi") or ""
+        abi = phone.info.props.get("abi") or ""
         cross = o.cross
         if cross is None:
             if not abi.startswith("arm64"):

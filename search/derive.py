@@ -14,13 +14,15 @@ is returned unchanged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from search.latency import LatencyTable, SearchError
+from profiler.blocks import ArchSpec
+from profiler.spaces import SearchSpace
+from search.latency import LatencyPredictor, LatencyTable, SearchError
 
-__all__ = ["derive_under_target"]
+__all__ = ["derive_under_target", "derive_network", "NetworkLatencyPredictor"]
 
 
 def derive_under_target(table: LatencyTable, probabilities: Sequence[Sequence[float]],
@@ -66,3 +68,33 @@ def derive_under_target(table: LatencyTable, probabilities: Sequence[Sequence[fl
         choices.append(j)
         end -= int(cost[j])
     return choices[::-1]
+
+
+class NetworkLatencyPredictor(LatencyPredictor, Protocol):
+    """A latency predictor that also predicts whole networks: block latencies (ms) plus a
+    per-network constant ``overhead_ms`` (what the sum of isolated blocks misses)."""
+
+    overhead_ms: float
+
+    def predict_network_ms(self, arch: ArchSpec) -> float: ...
+
+
+def derive_network(space: SearchSpace, predictor: NetworkLatencyPredictor, probabilities: Sequence[Sequence[float]],
+                   target_ms: float | None, name: str = "", meta: Mapping[str, Any] | None = None) -> ArchSpec:
+    """The most likely network of a finished search under a whole-network latency target, with
+    ``predictor``'s latencies, which may differ from the ones the search used (the closed loop derives
+    again with a refitted network model).
+
+    ``target_ms`` bounds the whole network (ms); the predictor's ``overhead_ms`` is taken off it to
+    bound the block sum (`derive_under_target`). The network's ``meta``: ``choices``, then the given
+    ``meta``, then ``predicted_network_ms`` (ms, by ``predictor``).
+
+    Raises `SearchError` when ``probabilities`` do not fit the space, or the predictor lacks a block.
+    """
+    table = LatencyTable.build(space, predictor)
+    block_target = None if target_ms is None else target_ms - predictor.overhead_ms
+    choices = derive_under_target(table, probabilities, block_target)
+    arch = space.arch(choices, name)
+    arch.meta.update(choices=choices, **dict(meta or {}))
+    arch.meta["predicted_network_ms"] = float(predictor.predict_network_ms(arch))
+    return arch

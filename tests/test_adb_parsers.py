@@ -1,10 +1,11 @@
 """Parsers of the device scripts' output, on captured output (tests/data/adb/)."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from profiler.adb.parsers import BenchOutputError, ParseError, parse_bench, parse_info, parse_prepare
+from profiler.adb.parsers import BatteryInfo, BenchOutputError, ParseError, parse_bench, parse_info, parse_prepare
 
 DATA = Path(__file__).parent / "data" / "adb"
 
@@ -15,26 +16,35 @@ def read(name: str) -> str:
 
 def test_info_android_big_little():
     info = parse_info(read("android_info_8core.txt"))
-    assert info["props"]["model"] == "Pixel 4" and info["props"]["abi"] == "arm64-v8a"
-    assert [c["index"] for c in info["cpus"]] == list(range(8))
-    assert info["cpus"][7]["max_khz"] == 2841600 and info["cpus"][0]["governor"] == "schedutil"
+    assert info.props["model"] == "Pixel 4" and info.props["abi"] == "arm64-v8a"
+    assert [c.index for c in info.cpus] == list(range(8))
+    assert info.cpus[7].max_khz == 2841600 and info.cpus[0].governor == "schedutil"
     # 2.42 GHz mid cores are >= 80% of the 2.84 GHz prime core; 1.79 GHz LITTLE cores are not
-    assert info["big_cores"] == [4, 5, 6, 7] and info["big_core_mask"] == "0xf0"
+    assert info.big_cores == (4, 5, 6, 7) and info.big_core_mask == "0xf0"
     # -273 C (a sensor that is off) is ignored; `29` is a whole-degree zone
-    assert info["max_temp_c"] == pytest.approx(39.8)
-    assert info["thermal"][4]["temp_c"] == 29.0
-    assert info["battery"] == {"level_pct": 87, "status": "Charging", "temp_c": 29.0}
+    assert info.max_temp_c == pytest.approx(39.8)
+    assert info.thermal[4].temp_c == 29.0
+    assert info.battery == BatteryInfo(level_pct=87, status="Charging", temp_c=29.0)
+
+
+def test_info_as_json_keeps_the_record_keys():
+    js = parse_info(read("android_info_8core.txt")).to_json()
+    assert list(js) == ["props", "cpus", "thermal", "max_temp_c", "battery", "big_cores", "big_core_mask"]
+    assert js["cpus"][7] == {"index": 7, "online": True, "max_khz": 2841600, "min_khz": 825600, "cur_khz": 2054400,
+                             "scaling_max_khz": 2841600, "governor": "schedutil"}
+    assert js["battery"] == {"level_pct": 87, "status": "Charging", "temp_c": 29.0}
+    assert js["big_cores"] == [4, 5, 6, 7] and json.loads(json.dumps(js)) == js
 
 
 def test_info_host_capture_has_no_cpufreq():
     info = parse_info(read("host_info_dash.txt"))
-    assert len(info["cpus"]) >= 1 and info["big_core_mask"] is None
-    assert info["cpus"][0]["max_khz"] is None and info["max_temp_c"] is None
+    assert len(info.cpus) >= 1 and info.big_core_mask is None
+    assert info.cpus[0].max_khz is None and info.max_temp_c is None
 
 
 def test_info_tolerates_crlf_and_noise_around_markers():
     text = "WARNING: linker: something\r\n" + read("android_info_8core.txt").replace("\n", "\r\n")
-    assert parse_info(text)["props"]["sdk"] == "33"
+    assert parse_info(text).props["sdk"] == "33"
 
 
 @pytest.mark.parametrize("text", ["", "garbage\n", "HWNAS-INFO-BEGIN v1\nmodel=x\n",

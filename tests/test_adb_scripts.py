@@ -53,17 +53,17 @@ def test_info_reads_fake_device(sysroot, fakebin):
     p = run("info.sh", sysroot=sysroot, fakebin=fakebin)
     assert p.returncode == 0, p.stderr
     info = parse_info(p.stdout)
-    assert info["props"]["model"] == "Fake Phone 8" and info["props"]["soc"] == "SM8150"
-    assert [c["max_khz"] for c in info["cpus"]] == MAX_KHZ
-    assert info["big_core_mask"] == "0xf0"
-    assert info["max_temp_c"] == 38.0 and info["battery"]["level_pct"] == 64
+    assert info.props["model"] == "Fake Phone 8" and info.props["soc"] == "SM8150"
+    assert [c.max_khz for c in info.cpus] == MAX_KHZ
+    assert info.big_core_mask == "0xf0"
+    assert info.max_temp_c == 38.0 and info.battery.level_pct == 64
 
 
 def test_info_tolerates_an_empty_tree(tmp_path):
     p = run("info.sh", sysroot=tmp_path / "nothing")
     assert p.returncode == 0, p.stderr
     info = parse_info(p.stdout)
-    assert info["cpus"] == [] and info["thermal"] == [] and info["battery"]["level_pct"] is None
+    assert info.cpus == () and info.thermal == () and info.battery.level_pct is None
 
 
 def test_bench_pins_big_cores_and_times_each_run(sysroot, fakebin, tmp_path):

@@ -23,7 +23,7 @@ needs_phone = pytest.mark.skipif(not PHONE.startswith("adb:"), reason="set HWNAS
 @needs_phone
 def test_real_phone_describes_itself():
     info = read_info(PHONE[len("adb:"):])
-    assert info["props"].get("model") and info["cpus"] and info["big_cores"]
+    assert info.props.get("model") and info.cpus and info.big_cores
 
 
 @needs_phone

@@ -188,22 +188,23 @@ def _phones(args) -> tuple[list[dict[str, Any]], str | None]:
     return rows, None if rows else "phones: none attached (`adb devices` lists none)"
 
 
-def _phone_row(info: dict[str, Any]) -> dict[str, Any]:
-    p = info["props"]
-    cpus = info["cpus"]
+def _phone_row(info) -> dict[str, Any]:
+    """One line of `hwnas devices` from a phone's `profiler.adb.parsers.PhoneInfo`."""
+    p = info.props
+    cpus = info.cpus
     clusters: dict[int, int] = {}
     for c in cpus:
-        if c.get("max_khz"):
-            clusters[c["max_khz"]] = clusters.get(c["max_khz"], 0) + 1
+        if c.max_khz:
+            clusters[c.max_khz] = clusters.get(c.max_khz, 0) + 1
     return {"model": " ".join(x for x in (p.get("manufacturer"), p.get("model")) if x), "soc": p.get("soc"),
             "abi": p.get("abi"), "android": p.get("android_release"), "sdk": p.get("sdk"),
             "serialno": p.get("serialno"), "gpu": p.get("gpu"), "opencl": p.get("gpu_opencl"),
             "vulkan": p.get("gpu_vulkan"),
             "clusters_mhz": {f"{k / 1000:.0f}": n for k, n in sorted(clusters.items())},
-            "big_cores": info["big_cores"], "big_core_mask": info["big_core_mask"],
-            "governors": sorted({c["governor"] for c in cpus if c.get("governor")}),
-            "battery_pct": info["battery"]["level_pct"], "battery_status": info["battery"]["status"],
-            "max_temp_c": info["max_temp_c"]}
+            "big_cores": list(info.big_cores), "big_core_mask": info.big_core_mask,
+            "governors": sorted({c.governor for c in cpus if c.governor}),
+            "battery_pct": info.battery.level_pct, "battery_status": info.battery.status,
+            "max_temp_c": info.max_temp_c}
 
 
 def cmd_device_info(args) -> int:
@@ -219,8 +220,8 @@ def cmd_device_info(args) -> int:
     elif dev.kind == "adb":
         from profiler.adb.device import read_info
 
-        info = read_info(dev.address, _adb_options(args))
-        info = {"device": args.device, **_phone_row(info), **info}
+        phone = read_info(dev.address, _adb_options(args))
+        info = {"device": args.device, **_phone_row(phone), **phone.to_json()}
     else:
         raise UserError(f"{args.device}: a TVM RPC device tells nothing about itself; name the phone behind "
                         f"it with adb:SERIAL")

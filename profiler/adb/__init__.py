@@ -1,6 +1,6 @@
 """ADB access to Android devices: transports, device-script output parsers, the host key."""
 
-from .parsers import BenchOutputError, ParseError, parse_bench, parse_info, parse_prepare
+from .parsers import BenchOutputError, BenchResult, ParseError, PhoneInfo, parse_bench, parse_info, parse_prepare
 from .transport import (
     AdbCommandError,
     AdbConnectionError,
@@ -21,6 +21,8 @@ __all__ = [
     "open_transport",
     "ParseError",
     "BenchOutputError",
+    "PhoneInfo",
+    "BenchResult",
     "parse_info",
     "parse_bench",
     "parse_prepare",

@@ -39,7 +39,7 @@ from typing import Any, Callable
 from profiler.devices import DeviceError
 from profiler.timing import MeasureRequest, Peak, TimingReply, WorkerFailed
 
-from .parsers import BenchOutputError, BenchResult, ParseError, parse_bench, parse_info
+from .parsers import BenchOutputError, BenchResult, ParseError, PhoneInfo, parse_bench, parse_info
 from .transport import AdbCommandError, AdbConnectionError, AdbError, AdbTimeout, open_transport
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ class AdbOptions:
     prepare: bool = True  # fixed-performance mode / performance governor while timing, undone after
 
 
-def device_id_of(info: dict[str, Any], serial: str) -> str:
+def device_id_of(info: PhoneInfo | None, serial: str) -> str:
     """A stable name of the phone: manufacturer, model, SoC and serial number."""
-    p = info.get("props", {})
+    p = info.props if info else {}
     name = " ".join(x for x in (p.get("manufacturer"), p.get("model")) if x) or "android"
     soc = p.get("soc") or "unknown-soc"
     return f"android/{name}/{soc}/{p.get('serialno') or serial}"
@@ -128,7 +128,7 @@ class AdbDevice:
                 raise RunnerError(f"--runner {r}: no such file; build ExecuTorch's executor_runner for the "
                                   f"phone with the Android NDK (see docs/phones.md) and pass its path")
             self.runner_remote = self._cached_path(r, "executor_runner")
-        self.info: dict[str, Any] | None = None
+        self.info: PhoneInfo | None = None  # read by open()
         self.prepared: dict[str, Any] | None = None
         self.reconnects = 0
         self._reached = False  # connected once: only then is a failure a lost connection worth waiting for
@@ -342,7 +342,7 @@ class AdbDevice:
             return None
         from executorch.devtools import Inspector
 
-        from profiler.backends._executorch import _summarise_ops
+        from profiler.backends.etdump import summarise_ops
 
         dump = f"{remote}.etdp"
         argv = [self.runner_remote, "--model_path", remote, "--num_executions", str(max(1, runs)),
@@ -356,23 +356,24 @@ class AdbDevice:
             self._t.pull(dump, local, timeout_s=timeout_s)
             self._t.shell(["rm", "-f", dump], timeout_s=30)
             df = Inspector(etdump_path=str(local), etrecord=etrecord).to_dataframe()
-        return _summarise_ops(df)
+        return summarise_ops(df)
 
     # ---- description ------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """The phone in one small dict (stored with every row)."""
-        info = self.info or {}
-        p = info.get("props", {})
-        cpus = info.get("cpus", [])
+        info = self.info
+        p = info.props if info else {}
+        cpus = info.cpus if info else ()
         return {"model": p.get("model"), "manufacturer": p.get("manufacturer"), "soc": p.get("soc"),
                 "abi": p.get("abi"), "android": p.get("android_release"), "sdk": p.get("sdk"),
                 "serial": p.get("serialno") or self.serial, "cores": len(cpus),
-                "big_cores": info.get("big_cores"), "gpu": p.get("gpu"),
-                "governors": sorted({c["governor"] for c in cpus if c.get("governor")}),
-                "battery_pct": info.get("battery", {}).get("level_pct"), "max_temp_c": info.get("max_temp_c")}
+                "big_cores": list(info.big_cores) if info else None, "gpu": p.get("gpu"),
+                "governors": sorted({c.governor for c in cpus if c.governor}),
+                "battery_pct": info.battery.level_pct if info else None,
+                "max_temp_c": info.max_temp_c if info else None}
 
 
-def read_info(serial: str, options: AdbOptions | None = None) -> dict[str, Any]:
+def read_info(serial: str, options: AdbOptions | None = None) -> PhoneInfo:
     """`info.sh` of one phone (push the scripts if needed), without preparing it for timing."""
     opts = options or AdbOptions()
     dev = AdbDevice(serial, dataclasses.replace(opts, prepare=False, runner=None))

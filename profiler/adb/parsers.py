@@ -1,4 +1,4 @@
-"""Pure functions from the device scripts' output (``device_scripts/*.sh``) to plain data.
+"""Pure functions from the device scripts' output (``device_scripts/*.sh``) to typed records.
 
 Each script prints one record between BEGIN/END marker lines; anything outside the markers (a
 shell's motd, adb's warnings) is ignored, anything inside that does not fit raises ``ParseError``.
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from profiler.errors import HwnasError
 
-__all__ = ["ParseError", "BenchOutputError", "BenchResult", "parse_info", "parse_bench", "parse_prepare", "temp_to_c"]
+__all__ = ["ParseError", "BenchOutputError", "BenchResult", "PhoneInfo", "CpuInfo", "ThermalZone", "BatteryInfo",
+           "parse_info", "parse_bench", "parse_prepare", "temp_to_c"]
 
 
 class ParseError(HwnasError, ValueError):
@@ -74,16 +75,61 @@ def _plausible(temp_c: float) -> bool:
     return -40.0 < temp_c < 150.0
 
 
-def parse_info(text: str) -> dict[str, Any]:
-    """``info.sh`` output -> dict.
+@dataclass(frozen=True)
+class CpuInfo:
+    """One core as ``info.sh`` reads it from sysfs; None where the kernel does not say."""
 
-    Keys: ``props`` (model, manufacturer, device, soc, soc_manufacturer, abi, android_release, sdk,
-    build_fingerprint, kernel; absent when unknown), ``cpus`` (list by index of dicts: index, online,
-    max_khz, min_khz, cur_khz, scaling_max_khz, governor; None when unknown), ``thermal`` (list of
-    zone, type, temp_c), ``max_temp_c`` (hottest plausible zone or None), ``battery`` (level_pct,
-    status, temp_c), ``big_cores`` and ``big_core_mask`` (cores at >= 80% of the top max frequency, as
-    bench.sh chooses them; hex string, or None without cpufreq). Raises ParseError.
+    index: int
+    online: bool
+    max_khz: int | None  # cpuinfo_max_freq: the hardware's top frequency
+    min_khz: int | None
+    cur_khz: int | None
+    scaling_max_khz: int | None  # the governor's current cap (thermal or user)
+    governor: str | None
+
+
+@dataclass(frozen=True)
+class ThermalZone:
+    zone: int  # N of /sys/class/thermal/thermal_zoneN
+    type: str | None  # the kernel's name of the sensor
+    temp_c: float | None  # None where the sensor answered with an error
+
+
+@dataclass(frozen=True)
+class BatteryInfo:
+    level_pct: int | None
+    status: str | None  # Charging, Discharging, Full, ...
+    temp_c: float | None
+
+
+@dataclass(frozen=True)
+class PhoneInfo:
+    """One ``info.sh`` record: what the phone is and the state it is in.
+
+    ``props``: model, manufacturer, device, soc, soc_manufacturer, abi, android_release, sdk,
+    build_fingerprint, kernel, serialno, gpu, gpu_opencl, gpu_vulkan (absent when unknown).
+    ``big_cores`` / ``big_core_mask``: the cores at >= 80 % of the top max frequency, as bench.sh
+    chooses them (mask in hex; empty / None without cpufreq).
     """
+
+    props: dict[str, str]
+    cpus: tuple[CpuInfo, ...]  # by index
+    thermal: tuple[ThermalZone, ...]  # by zone number
+    max_temp_c: float | None  # the hottest plausible zone; None without sensors
+    battery: BatteryInfo
+    big_cores: tuple[int, ...]
+    big_core_mask: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """As plain JSON data: the record's fields as keys, cores and zones as lists of objects."""
+        return {"props": dict(self.props), "cpus": [asdict(c) for c in self.cpus],
+                "thermal": [asdict(z) for z in self.thermal], "max_temp_c": self.max_temp_c,
+                "battery": asdict(self.battery), "big_cores": list(self.big_cores),
+                "big_core_mask": self.big_core_mask}
+
+
+def parse_info(text: str) -> PhoneInfo:
+    """``info.sh`` output -> `PhoneInfo`. Raises ParseError."""
     _, body = _block(text, "INFO")
     props: dict[str, str] = {}
     cpus: dict[int, dict[str, Any]] = {}
@@ -127,24 +173,18 @@ def parse_info(text: str) -> dict[str, Any]:
             raise ParseError(f"unknown key in info output: {key!r}")
     if cpu_count is not None and cpu_count != len(cpus):
         raise ParseError(f"cpu_count={cpu_count} but {len(cpus)} cores listed: output is incomplete")
-    cpu_list = [cpus[i] for i in sorted(cpus)]
-    temps = [z["temp_c"] for z in zones.values() if z["temp_c"] is not None and _plausible(z["temp_c"])]
-    maxes = [c["max_khz"] for c in cpu_list if c["max_khz"] and c["online"]]
+    cpu_list = tuple(CpuInfo(**cpus[i]) for i in sorted(cpus))
+    thermal = tuple(ThermalZone(**zones[i]) for i in sorted(zones))
+    temps = [z.temp_c for z in thermal if z.temp_c is not None and _plausible(z.temp_c)]
+    maxes = [c.max_khz for c in cpu_list if c.max_khz and c.online]
     if maxes:
         top = max(maxes)
-        big = [c["index"] for c in cpu_list if c["online"] and c["max_khz"] and c["max_khz"] * 5 >= top * 4]
+        big = tuple(c.index for c in cpu_list if c.online and c.max_khz and c.max_khz * 5 >= top * 4)
         mask = hex(sum(1 << i for i in big))
     else:
-        big, mask = [], None
-    return {
-        "props": props,
-        "cpus": cpu_list,
-        "thermal": [zones[i] for i in sorted(zones)],
-        "max_temp_c": max(temps) if temps else None,
-        "battery": battery,
-        "big_cores": big,
-        "big_core_mask": mask,
-    }
+        big, mask = (), None
+    return PhoneInfo(props=props, cpus=cpu_list, thermal=thermal, max_temp_c=max(temps) if temps else None,
+                     battery=BatteryInfo(**battery), big_cores=big, big_core_mask=mask)
 
 
 @dataclass(frozen=True)

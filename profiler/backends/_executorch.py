@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.backends.base import Artifact, Backend, BackendUnavailable, CompileError, Model, Runner
+from profiler.backends.etdump import summarise_ops
 
 
 class ExecuTorchBackend(Backend):
@@ -95,32 +96,7 @@ class _ETRunner(Runner):
             etdump = str(Path(d) / "run.etdp")
             prog.write_etdump_result_to_file(etdump, str(Path(d) / "debug.bin"))
             df = Inspector(etdump_path=etdump, etrecord=etrecord).to_dataframe()
-        return _summarise_ops(df)
-
-
-def _summarise_ops(df) -> list[dict[str, Any]]:
-    """One row per event of the Inspector's table, with the units the Inspector reports (ms)."""
-    rows = []
-    for _, r in df.iterrows():
-        name = str(r.get("event_name", ""))
-        if name in ("Method::execute", "Program::load_method", "Method::init") or not name:
-            continue
-        rows.append({
-            "event": name,
-            "block": str(r.get("event_block_name", "")),
-            "delegate": str(r.get("delegate_backend_name", "") or ""),
-            "p50_ms": _f(r.get("p50 (ms)")), "avg_ms": _f(r.get("avg (ms)")),
-            "p10_ms": _f(r.get("p10 (ms)")), "p90_ms": _f(r.get("p90 (ms)")),
-            "runs": len(r.get("raw", []) or []),
-        })
-    return rows
-
-
-def _f(v: Any) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
+        return summarise_ops(df)
 
 
 def _first_line(e: BaseException) -> str:
