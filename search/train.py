@@ -201,6 +201,14 @@ def _allreduce_sum(values: list[float], d: _Dist) -> list[float]:
     return t.tolist()
 
 
+def _nhwc(net: nn.Module) -> nn.Module:
+    """``net`` with its 4-d weights in channels-last memory layout. The arithmetic is the same; oneDNN's
+    depthwise and 1x1 convolutions are faster on it: a training step of the tiny-mnist k3e6 network
+    (batch 64, 2 threads) took 128 ms instead of 218 ms, a shared-weight supernet step 101 instead of
+    169 ms. Saved weights load into a plain (contiguous) network unchanged."""
+    return net.to(memory_format=torch.channels_last)
+
+
 def _loader(ds, batch: int, shuffle: bool, seed: int, epoch: int, d: _Dist, drop_last: bool) -> DataLoader:
     """Shuffled per epoch from (seed, epoch): a resumed epoch reads the same batches."""
     if d.world > 1:
@@ -371,7 +379,7 @@ def _setup(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool, progres
     if (out / CHECKPOINT).exists() and not resume:
         raise SearchError(f"{out} holds a search checkpoint; pass --resume to continue it or choose another --out")
     d = _dist_setup()
-    net = Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights).to(d.device)  # may refuse the space
+    net = _nhwc(Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights).to(d.device))  # may refuse the space
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -534,7 +542,7 @@ def inherited_accuracy(search_dir: str | Path, choices: Sequence[Sequence[int]],
         space = load_space(cfg.space)
         data = load_data(cfg.data, space.input_size, space.in_channels, cfg.seed, cfg.augment, cfg.limit)
         d = _Dist()
-        net = Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights)
+        net = _nhwc(Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights))
         net.load_state_dict(ck["net"])
         out = []
         for i, c in enumerate(choices):
@@ -629,7 +637,7 @@ def train_arch(arch: ArchSpec, data: str, out: str | Path, epochs: int = 10, bat
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, threads))
-    net = arch.build().train()
+    net = _nhwc(arch.build().train())
     _reinit(net)
     train_set = torch.utils.data.ConcatDataset([ds.train, ds.valid])
     d = _Dist()
