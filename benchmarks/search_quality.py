@@ -388,7 +388,7 @@ def judge(f: NetResult, family: list[NetResult], randoms: list[NetResult], sprea
     family = [n for n in family if n.ok]
     baselines = family + [n for n in randoms if n.ok]
     out: dict[str, Any] = {"vs_uniform_family": compare(_member(f), [_member(n) for n in family]),
-                           "vs_random": compare(_member(f), [_member(n) for n in randoms if n.ok])}
+                           "vs_random": compare(_member(f), [_member(n) for n in randoms if n.ok], family="random")}
     # Pareto front of the baselines: the found network is on or above it where no baseline is no
     # slower and more accurate (means; and, more leniently, by more than the seed spread)
     out["dominated_by"] = [b.name for b in baselines if b.measured_ms <= f.measured_ms and b.test_acc > f.test_acc]

@@ -330,7 +330,8 @@ def _gap(d: float) -> str:
 WIN_SPEEDUP = 1.5
 
 
-def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: float = WIN_SPEEDUP) -> dict[str, Any]:
+def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: float = WIN_SPEEDUP,
+            family: str = "uniform") -> dict[str, Any]:
     """The found network against the uniform family, honestly.
 
     ``found`` and each member: ``acc`` (mean test accuracy over seeds), ``accs`` (each seed's) and
@@ -340,13 +341,14 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: f
 
     ``beats_family``: the found network is at least ``win_speedup`` times faster than the fastest member
     that is as accurate within the spread, or it is more accurate, by more than the spread, than every
-    member that is no slower (and at least one is).
+    member that is no slower (and at least one is). ``family`` names the members in the verdict
+    ("uniform": "uniform k3e3", "the fastest uniform network").
     """
     spreads = [max(a) - min(a) for a in [found["accs"]] + [m["accs"] for m in members] if len(a) > 1]
     out: dict[str, Any] = {"seed_spread": max(spreads) if spreads else None, "peer": None, "speedup": None,
                            "win_speedup": win_speedup, "beats_family": None}
     if not members:
-        return dict(out, verdict="no uniform network was measured")
+        return dict(out, verdict=f"no {family} network was measured")
     tol = out["seed_spread"]
     if tol is None:
         return dict(out, verdict="one training per network: the seed-to-seed spread is unknown, so no two "
@@ -367,38 +369,38 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: f
     out["goal_speedup_met"] = bar is not None and bar["ms"] / found["ms"] >= win_speedup
     out["goal_more_accurate_met"] = bool(no_slower) and all(found["acc"] > m["acc"] + tol for m in no_slower)
     out["beats_family"] = out["goal_speedup_met"] or out["goal_more_accurate_met"]
-    win = (f"a win: {bar['ms'] / found['ms']:.2f}x faster than uniform {bar['op']}, the fastest uniform network as "
+    win = (f"a win: {bar['ms'] / found['ms']:.2f}x faster than {family} {bar['op']}, the fastest {family} network as "
            f"accurate within the seed spread ({_gap(found['acc'] - bar['acc'])}, spread {pts}; the bar is "
            f"{win_speedup:g}x)"
            if out["goal_speedup_met"] else
-           f"a win: more accurate than every uniform network that is no slower "
+           f"a win: more accurate than every {family} network that is no slower "
            f"({', '.join(m['op'] for m in no_slower)}) by more than the seed spread ({pts})")
     if out["all_equally_accurate"]:
-        who = (f"the found network is the fastest ({fastest['ms'] / found['ms']:.2f}x the speed of uniform "
+        who = (f"the found network is the fastest ({fastest['ms'] / found['ms']:.2f}x the speed of {family} "
                f"{fastest['op']})" if found["ms"] <= fastest["ms"]
-               else f"uniform {fastest['op']} is faster than the found network")
+               else f"{family} {fastest['op']} is faster than the found network")
         out["verdict"] = (f"{win}; every network scores the same within the seed spread, and {who}"
                           if out["beats_family"] else
                           f"every network scores the same within the seed spread ({pts}): the fastest is the right "
                           f"answer, and {who}")
     elif dominated:
-        out["verdict"] = (f"a loss: uniform {', '.join(dominated)} is no slower and more accurate by more than the "
+        out["verdict"] = (f"a loss: {family} {', '.join(dominated)} is no slower and more accurate by more than the "
                           f"seed spread ({pts})")
     elif out["beats_family"]:
-        out["verdict"] = win + (f"; uniform {', '.join(m['op'] for m in better)} is more accurate, and slower"
+        out["verdict"] = win + (f"; {family} {', '.join(m['op'] for m in better)} is more accurate, and slower"
                                 if better else "")
     elif better:
-        out["verdict"] = (f"a trade, not a win: faster than uniform {', '.join(m['op'] for m in better)} but less "
+        out["verdict"] = (f"a trade, not a win: faster than {family} {', '.join(m['op'] for m in better)} but less "
                           f"accurate by more than the seed spread ({pts})"
-                          + (f"; {out['speedup']:.2f}x the speed of uniform {out['peer']}, as accurate "
+                          + (f"; {out['speedup']:.2f}x the speed of {family} {out['peer']}, as accurate "
                              f"({_gap(found['acc'] - bar['acc'])}; the bar for a win is {win_speedup:g}x)"
                              if out["speedup"] is not None else ""))
     elif out["speedup"] is not None:
-        out["verdict"] = (f"{out['speedup']:.2f}x faster than uniform {out['peer']}, the fastest uniform network as "
+        out["verdict"] = (f"{out['speedup']:.2f}x faster than {family} {out['peer']}, the fastest {family} network as "
                           f"accurate within the seed spread ({pts}); none is more accurate; the bar for a win is "
                           f"{win_speedup:g}x")
     else:
-        out["verdict"] = f"more accurate than every uniform network by more than the seed spread ({pts})"
+        out["verdict"] = f"more accurate than every {family} network by more than the seed spread ({pts})"
     return out
 
 

@@ -72,3 +72,10 @@ def test_more_accurate_than_every_member_no_slower_is_a_win():
     # faster than every member and less accurate than all: nothing is no slower, so this clause says nothing
     c = compare(net(0.70, 0.1, [0.70, 0.70]), DEMO)
     assert not c["goal_more_accurate_met"] and not c["beats_family"]
+
+
+def test_the_family_is_named_as_given():
+    c = compare(net(0.7954, 0.1200, [0.7944, 0.7964]), [dict(m, op=f"random-{i}") for i, m in enumerate(DEMO)],
+                family="random")
+    assert c["verdict"].startswith("a win: 1.55x faster than random random-0, the fastest random network")
+    assert "uniform" not in c["verdict"]
