@@ -200,7 +200,7 @@ def _train_net(args, root: Path, arch, name: str, family: str, choices: list[int
     """Train ``arch`` with the runs' recipe (every seed; each seed's result is kept, so a kill loses
     one training at most); the record is written to ``nets/<name>.json`` at once. A recorded
     training is reused; a recorded failure is tried again."""
-    from hwnas.pipeline import _train
+    from hwnas.pipeline import train_seeds
 
     done = _record(root, name)
     if done.exists():
@@ -214,7 +214,7 @@ def _train_net(args, root: Path, arch, name: str, family: str, choices: list[int
     t0 = time.perf_counter()
     log(f"{name}: training {cfg.seeds} seeds x {cfg.train_epochs} epochs")
     try:
-        tr = _train(cfg, arch, root / "train" / _slug(name), _Progress(name))
+        tr = train_seeds(cfg, arch, root / "train" / _slug(name), _Progress(name))
         res = NetResult(**base, test_acc=tr.test_acc, test_acc_seeds=list(tr.test_acc_seeds),
                         train_seconds=round(time.perf_counter() - t0, 1))
         log(f"{name}: test accuracy {res.test_acc:.4f} (seeds {res.test_acc_seeds})")
@@ -229,7 +229,7 @@ def _time_nets(args, root: Path, nets: list[tuple[Any, NetResult]], part: str) -
     """Time the networks of a part that have no measurement yet, in one harness call (one timing
     worker, compiles in parallel; the store keeps what a killed call finished), and write each
     final record. A network that cannot be timed keeps the harness's reason."""
-    from hwnas.pipeline import _failures, _measured, _protocol
+    from hwnas.pipeline import failed_rows, measured_rows, timing_protocol
     from profiler.harness import profile
 
     todo = [(a, n) for a, n in nets if n.measured_ms is None]
@@ -241,13 +241,13 @@ def _time_nets(args, root: Path, nets: list[tuple[Any, NetResult]], part: str) -
     try:
         # as the pipeline times its networks; a failure stored by an earlier session is tried again
         profile([a for a, _ in todo], cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads,
-                protocol=_protocol(cfg), cache_dir=cfg.cache_dir, progress=_Progress(part), retry_failed=True)
+                protocol=timing_protocol(cfg), cache_dir=cfg.cache_dir, progress=_Progress(part), retry_failed=True)
         crash = None
     except Exception as e:
         crash = _error(e)
     keys = [a.key for a, _ in todo]
-    got = _measured(cfg, keys, "network")
-    why = _failures(cfg, [k for k in keys if k not in got], "network")
+    got = measured_rows(cfg, keys, "network")
+    why = failed_rows(cfg, [k for k in keys if k not in got], "network")
     sec = round(time.perf_counter() - t0, 1)
     timed = {}
     for a, n in todo:
@@ -575,7 +575,7 @@ def tables(res: dict[str, Any]) -> None:
 # ---- the benchmark ---------------------------------------------------------------------------
 
 def bench(args) -> dict[str, Any]:
-    from hwnas.pipeline import _load_pred
+    from hwnas.pipeline import load_run_predictor
     from hwnas.rundir import Run
 
     root = Path(args.work)
@@ -589,7 +589,7 @@ def bench(args) -> dict[str, Any]:
     wall = _Wall(root)
     t_all = time.perf_counter()
     rng, targets, runs = part_searches(args, root, wall)
-    pred = _load_pred(Run(root / "probe"))
+    pred = load_run_predictor(Run(root / "probe"))
     family = part_family(args, root, wall, pred)
     randoms = part_random(args, root, wall, pred)
     sup = part_supernet(args, root, wall, runs, family + randoms)
@@ -613,7 +613,7 @@ def bench(args) -> dict[str, Any]:
                    "widths": args.widths, "random": args.random, "random_seed": args.random_seed,
                    "smoke": args.smoke, "work": str(root), "resumed": resumed,
                    "pipeline": "hwnas.pipeline.run per target (baseline=[]); the family and the random networks are "
-                               "trained with the pipeline's train stage (hwnas.pipeline._train, same options) and "
+                               "trained with the pipeline's train stage (hwnas.pipeline.train_seeds, same options) and "
                                "timed "
                                "with the harness as the pipeline times networks, in the same store"},
         "searches": {"predicted": rng, "targets_ms": targets, "runs": runs,

@@ -128,12 +128,12 @@ def _run_cfg(args, root: Path, backend: str, name: str, target: float | None):
 
 def _uniform_predictions(cfg) -> dict[str, Any]:
     """The fitted predictor of a run folder: predicted ms of every uniform network and the space's range."""
-    from hwnas.pipeline import _load_pred
+    from hwnas.pipeline import load_run_predictor
     from hwnas.rundir import Run
     from profiler.spaces import load_space
     from search.latency import LatencyTable
 
-    pred = _load_pred(Run(cfg.out))
+    pred = load_run_predictor(Run(cfg.out))
     space = load_space(SPACE)
     uni = {op: pred.predict_network_ms(space.arch(space.uniform_choices(op))) for op in UNIFORM_OPS}
     table = LatencyTable.build(space, pred)
@@ -173,14 +173,14 @@ def _found(cfg) -> dict[str, Any]:
 
 def _measure(root: Path, backend: str, archs: list) -> dict[str, dict[str, Any]]:
     """Time whole networks on this host with the harness (stored rows are reused): key -> row."""
-    from hwnas.pipeline import RunConfig, _measured
+    from hwnas.pipeline import RunConfig, measured_rows
     from profiler.harness import profile
     from profiler.measurement import TimingProtocol
 
     db = str(root / "store.db")
     proto = TimingProtocol.quick() if SMOKE else TimingProtocol()
     profile(archs, backend, db, device="local", threads=1, protocol=proto, cache_dir=str(root / "cache"))
-    got = _measured(RunConfig(out=str(root), backend=backend, db=db), [a.key for a in archs], "network")
+    got = measured_rows(RunConfig(out=str(root), backend=backend, db=db), [a.key for a in archs], "network")
     missing = [a.key for a in archs if a.key not in got]
     if missing:
         raise SystemExit(f"{backend}: could not measure {missing[0]}")
@@ -292,7 +292,7 @@ def _plot(res: dict[str, Any], path: Path) -> None:
 # ---- the benchmark ---------------------------------------------------------------------------
 
 def bench(args) -> dict[str, Any]:
-    from hwnas.pipeline import _load_pred, run
+    from hwnas.pipeline import load_run_predictor, run
     from hwnas.rundir import Run
     from search.export import export_network, read_arch
 
@@ -359,7 +359,7 @@ def bench(args) -> dict[str, Any]:
         bad = {k: v["error"] for k, v in exports[b].items() if "error" in v}
         if bad:
             raise SystemExit(f"export of the {b}-searched network failed: {bad}")
-    preds = {b: _load_pred(Run(c.out)) for b, c in pair.items()}
+    preds = {b: load_run_predictor(Run(c.out)) for b, c in pair.items()}
     grid: dict[str, dict[str, Any]] = {}
     for on in ("executorch", "tvm"):
         got = _measure(root, on, list(archs.values()))

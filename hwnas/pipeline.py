@@ -39,7 +39,8 @@ from hwnas.stages import (BaselineMember, BaselineStage, CalibrateStage, Calibra
                           MeasureStage, PredictorStage, ProfileStage, ReportStage, Round, SearchStage, TrainStage)
 from profiler.errors import HwnasError
 
-__all__ = ["RunConfig", "RunError", "STAGES", "run", "load_config"]
+__all__ = ["RunConfig", "RunError", "STAGES", "run", "load_config", "train_seeds", "timing_protocol", "measured_rows",
+           "failed_rows", "load_run_predictor"]
 
 
 class RunError(HwnasError, ValueError):
@@ -223,7 +224,8 @@ class Progress:
 
 # ---- helpers ---------------------------------------------------------------------------------------
 
-def _protocol(cfg: RunConfig):
+def timing_protocol(cfg: RunConfig):
+    """The timing protocol of a run: the default one, or the quick one with --quick."""
     from profiler.measurement import TimingProtocol
 
     return TimingProtocol.quick() if cfg.quick else TimingProtocol()
@@ -237,14 +239,15 @@ def _rows(cfg: RunConfig, keys: list[str], kind: str, status: str):
                          keys=keys, status=status, newest_per_key=True)
 
 
-def _measured(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, dict[str, Any]]:
+def measured_rows(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, dict[str, Any]]:
     """Stored ok rows of this device/backend/threads for ``keys``: key -> {median_ms, ...}."""
     return {r.block_key: {"median_ms": float(r.median_ms), "p10_ms": float(r.p10_ms), "p90_ms": float(r.p90_ms),
                           "n": int(r.n or 0), "flags": r.flags if isinstance(r.flags, list) else []}
             for r in _rows(cfg, keys, kind, "ok").itertuples()}
 
 
-def _failures(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, str]:
+def failed_rows(cfg: RunConfig, keys: list[str], kind: str) -> dict[str, str]:
+    """Stored failed rows of this device/backend/threads for ``keys``: key -> the reason."""
     return {r.block_key: str(r.error or "") for r in _rows(cfg, keys, kind, "failed").itertuples()}
 
 
@@ -256,7 +259,7 @@ def _profile(cfg: RunConfig, models: list, progress: Progress, retime: bool = Fa
         from profiler.adb.device import AdbOptions
 
         adb = AdbOptions(runner=cfg.runner, tvm_rpc=cfg.tvm_rpc, remote_base=cfg.remote_dir)
-    return profile(models, cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads, protocol=_protocol(cfg),
+    return profile(models, cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads, protocol=timing_protocol(cfg),
                    cache_dir=cfg.cache_dir, progress=progress, adb=adb, remeasure=retime)
 
 
@@ -278,8 +281,8 @@ def stage_profile(run: Run, cfg: RunConfig, progress: Progress) -> tuple[Profile
     blocks = space.blocks()
     res = _profile(cfg, blocks, progress)
     keys = [b.key for b in blocks]
-    ok = _measured(cfg, keys, "block")
-    failed = _failures(cfg, [k for k in keys if k not in ok], "block")
+    ok = measured_rows(cfg, keys, "block")
+    failed = failed_rows(cfg, [k for k in keys if k not in ok], "block")
     dev = parse_device(cfg.device)
     env = local_info() if dev.kind == "local" else {"device": cfg.device}
     env["snapshot"] = env_snapshot([0]) if dev.kind == "local" else {}
@@ -311,7 +314,7 @@ def stage_calibrate(run: Run, cfg: RunConfig, progress: Progress) -> tuple[Calib
     from profiler.spaces import load_space
 
     space = load_space(cfg.space)
-    block_ms = {k: v["median_ms"] for k, v in _measured(cfg, [b.key for b in space.blocks()], "block").items()}
+    block_ms = {k: v["median_ms"] for k, v in measured_rows(cfg, [b.key for b in space.blocks()], "block").items()}
     # spread over the space's latency range, so the network model is fitted where a search may land;
     # the uniform baselines are left out: they check the model on networks it was not fitted on
     exclude = [a.key for a in _baseline_archs(cfg, space).values()]
@@ -320,12 +323,12 @@ def stage_calibrate(run: Run, cfg: RunConfig, progress: Progress) -> tuple[Calib
         _profile(cfg, [a for _, a in archs], progress)
     from profiler.store import is_trusted
 
-    got = _measured(cfg, [a.key for _, a in archs], "network")
+    got = measured_rows(cfg, [a.key for _, a in archs], "network")
     # a network timed under interference (and again, still disturbed) is no ground to fit a model on
     unclean = {a.key: got[a.key]["flags"] for _, a in archs if a.key in got and not is_trusted("ok", got[a.key]["flags"])}
     nets = [CalibrationNetwork(choices=tuple(c), key=a.key, blocks=tuple(a.keys), measured_ms=got[a.key]["median_ms"])
             for c, a in archs if a.key in got and a.key not in unclean]
-    failed = _failures(cfg, [a.key for _, a in archs if a.key not in got], "network")
+    failed = failed_rows(cfg, [a.key for _, a in archs if a.key not in got], "network")
     span = (f" ({min(n.measured_ms for n in nets):.4g}-{max(n.measured_ms for n in nets):.4g} ms)"
             if nets else "")
     return (CalibrateStage(networks=tuple(nets), failed=failed, unclean=unclean),
@@ -391,7 +394,8 @@ def _describe(pred) -> str:
     return d if pred.network_scale == 1.0 else f"{d}; in-network scale {pred.network_scale:.3f}"
 
 
-def _load_pred(run: Run):
+def load_run_predictor(run: Run):
+    """The latency predictor a run's predictor stage saved (block model + network model)."""
     from predictor import load_predictor
 
     return load_predictor(run.path(PREDICTOR_FILE))
@@ -400,7 +404,7 @@ def _load_pred(run: Run):
 def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[SearchStage, str]:
     from search.train import CHECKPOINT, SearchConfig, run_search
 
-    pred = _load_pred(run)
+    pred = load_run_predictor(run)
     overhead = float(pred.overhead_ms)
     target_ms, uniform = resolve_target(cfg, pred)
     # the search's latency table sums blocks; the network's own overhead is a constant of every
@@ -456,7 +460,7 @@ def _arch(run: Run):
     return read_arch(measured.final.arch) if measured else _arch_of_search(run)
 
 
-def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> TrainStage:
+def train_seeds(cfg: RunConfig, arch, out: Path, progress: Progress) -> TrainStage:
     """Train ``arch`` from scratch with each of the run's seeds: the first seed's result (its weights
     are the ones exported) with ``test_acc`` the mean over seeds and ``test_acc_seeds`` each one."""
     from search.train import train_arch
@@ -480,7 +484,7 @@ def _train(cfg: RunConfig, arch, out: Path, progress: Progress) -> TrainStage:
 
 
 def stage_train(run: Run, cfg: RunConfig, progress: Progress) -> tuple[TrainStage, str]:
-    r = _train(cfg, _arch(run), run.dir / "train", progress)
+    r = train_seeds(cfg, _arch(run), run.dir / "train", progress)
     each = "" if len(r.test_acc_seeds) == 1 else f" (seeds: {', '.join(f'{a:.4f}' for a in r.test_acc_seeds)})"
     return r, f"test accuracy {r.test_acc:.4f}{each} after {r.epochs} epochs"
 
@@ -514,9 +518,9 @@ MISS = 0.10
 
 def _time_network(cfg: RunConfig, arch, progress: Progress, retime: bool = False) -> dict[str, Any]:
     _profile(cfg, [arch], progress, retime=retime)
-    got = _measured(cfg, [arch.key], "network")
+    got = measured_rows(cfg, [arch.key], "network")
     if arch.key not in got:
-        why = _failures(cfg, [arch.key], "network").get(arch.key, "no row stored")
+        why = failed_rows(cfg, [arch.key], "network").get(arch.key, "no row stored")
         raise RunError(f"the found network could not be measured on {cfg.device} with {cfg.backend}: {why}")
     return got[arch.key]
 
@@ -606,7 +610,7 @@ def _second_round(run: Run, cfg: RunConfig, search: SearchStage, first: Round, t
 def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[BaselineStage, str]:
     from profiler.spaces import load_space
 
-    pred = _load_pred(run)
+    pred = load_run_predictor(run)
     rng = _calibrated_range(run)
     members = []
     part = run.dir / "baseline"
@@ -618,15 +622,15 @@ def stage_baseline(run: Run, cfg: RunConfig, progress: Progress) -> tuple[Baseli
             members.append(BaselineMember.from_json(read_json(done), str(done)))
             continue
         progress.message(f"baseline {op}: training, then timing")
-        tr = _train(cfg, arch, part / op, progress)
+        tr = train_seeds(cfg, arch, part / op, progress)
         _profile(cfg, [arch], progress)
-        got = _measured(cfg, [arch.key], "network")
+        got = measured_rows(cfg, [arch.key], "network")
         predicted = float(pred.predict_network_ms(arch))
         m = BaselineMember(
             op=op, key=arch.key, blocks=tuple(arch.keys), test_acc=tr.test_acc, test_acc_seeds=tr.test_acc_seeds,
             predicted_ms=predicted, in_calibrated_range=_in_range(predicted, rng),
             measured_ms=got[arch.key]["median_ms"] if arch.key in got else None,
-            error=None if arch.key in got else _failures(cfg, [arch.key], "network").get(arch.key, "not measured"))
+            error=None if arch.key in got else failed_rows(cfg, [arch.key], "network").get(arch.key, "not measured"))
         write_json(done, m.to_json())
         members.append(m)
     ok = [m for m in members if m.measured_ms is not None]
