@@ -8,8 +8,9 @@ Width (optional; OFA's elastic width, Cai et al., ICLR 2020; FBNetV2's channel s
 CVPR 2020): ``candidates: {..., widths: [0.5, 0.75, 1.0]}`` makes each stage's channel count a choice
 of its own. Stage channels C at width w are ``max(4, 4 * floor(C * w / 4 + 1/2))``: C * w rounded
 half up to a multiple of 4, at least 4 (24 -> 12 / 20 / 24; the rule of benchmarks/search_targets.py's
-width-scaled networks; at width 1 the channels as written). The stem, the first block, the final 1x1 conv's output and the classifier keep
-their channels. A space without ``widths`` has the one width 1.0 and is exactly what it was.
+width-scaled networks; at width 1 the channels as written). The stem, the first block, the final
+1x1 conv's output and the classifier keep their channels. A space without ``widths`` has the one
+width 1.0 and is exactly what it was.
 
 Choices (what `SearchSpace.arch` takes, what a search stores): one candidate index per searchable
 layer, in network order, then, only in a space with more than one width, one width index per stage
@@ -22,7 +23,6 @@ of width indices. The zero op is offered only where input and output shapes agre
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -181,7 +181,8 @@ class SearchSpace:
             try:
                 width = float(wtext)
             except ValueError:
-                raise SpaceError(f"baseline member {op!r}: write the width after @ as a number, e.g. k3e6@0.5") from None
+                raise SpaceError(f"baseline member {op!r}: write the width after @ as a number, "
+                                 "e.g. k3e6@0.5") from None
         k, e = parse_op(text)
         if width is not None and len(self.widths) == 1 and abs(float(width) - self.widths[0]) > 1e-9:
             raise SpaceError(f"baseline member {op}: {self.name!r} has no width choices (only x{self.widths[0]:g})")
@@ -206,9 +207,10 @@ class SearchSpace:
         A network model fitted on them is then checked where a search may land, at either end, rather
         than only where uniform random draws cluster (the middle). Candidates are drawn layer by layer
         with probabilities ~ ms^-t, t from -3 (slow end) to 3 (fast end); the one nearest to each of
-        ``n`` log-spaced latencies is kept. Networks whose key is in ``exclude`` (the uniform
-        baselines, which check the model out of sample) are never chosen. Blocks without a number
-        are never drawn.
+        ``n`` log-spaced latencies is kept. Networks with the blocks of a key in ``exclude``, whatever
+        its name (the uniform baselines, which check the model out of sample), are never chosen.
+        Blocks without a number are never drawn. In a space with widths the stage widths are drawn
+        too, with probabilities ~ multiplier^-t, and the choice lists hold them after the ops.
         """
         rng = np.random.default_rng(seed)
 
@@ -230,7 +232,9 @@ class SearchSpace:
             return (ws[layer.in_stage] if layer.in_stage is not None and ws else 0,
                     ws[layer.out_stage] if layer.out_stage is not None and ws else 0)
 
-        excluded = set(exclude)
+        # by the blocks' digest, not the whole key: a key also holds the network's name, and the
+        # baselines are named ("...-uniform-k3e3") where these draws are not
+        excluded = {_blocks_id(k) for k in exclude}
         seen: dict[str, tuple[float, list[int]]] = {}
         for t in np.linspace(-3.0, 3.0, pool):
             ws = [int(rng.choice(len(chans), p=chans ** -t / (chans ** -t).sum())) for _ in range(nw)]
@@ -241,7 +245,7 @@ class SearchSpace:
                 w = np.where(ok, np.maximum(m, 1e-3 * np.nanmax(m) + 1e-9), 1.0) ** -t * ok
                 choices.append(int(rng.choice(len(m), p=w / w.sum())))
             key = self.arch(choices + ws).key
-            if key not in excluded and key not in seen:
+            if _blocks_id(key) not in excluded and key not in seen:
                 fixed = sum(float(block_ms.get(self.layer_candidates(layer, ws)[0].key, 0.0)) for layer in fixed_layers)
                 lat = fixed + float(sum(by_pair[pair(self.layers[i], ws)][c]
                                         for i, by_pair, c in zip(self.searchable, ms, choices)))
@@ -269,6 +273,11 @@ class SearchSpace:
         for layer in self.layers:
             n *= len(layer.candidates)
         return n
+
+
+def _blocks_id(arch_key: str) -> str:
+    """The part of an `ArchSpec.key` that names its blocks (input size, count, digest), not its name."""
+    return arch_key[arch_key.rfind("-input:"):]
 
 
 def parse_op(text: str) -> tuple[int, int]:

@@ -83,7 +83,8 @@ def test_spaces_without_widths_are_unchanged(name):
 def test_full_width_is_the_space_without_widths():
     """tiny-mnist-w with every stage at x1.0 makes exactly tiny-mnist's networks (same keys)."""
     w, plain = load_space(SPACE), load_space("tiny-mnist")
-    assert [len(w.layers[i].candidates) for i in w.searchable] == [len(plain.layers[i].candidates) for i in plain.searchable]
+    assert [len(w.layers[i].candidates) for i in w.searchable] == \
+        [len(plain.layers[i].candidates) for i in plain.searchable]
     rng = np.random.default_rng(0)
     for _ in range(20):
         ops = _random_choices(plain, rng)
@@ -302,3 +303,37 @@ def test_hwnas_spaces_lists_the_widths_and_block_counts(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["tiny-mnist-w"]["widths"] == [0.5, 0.75, 1.0] and rows["tiny-mnist-w"]["distinct_blocks"] == 162
     assert rows["proxyless-mobile-w"]["distinct_blocks"] == 384 and rows["tiny-mnist"]["widths"] == [1.0]
+
+
+def test_spanning_archs_leave_out_named_baselines():
+    """A baseline's key carries its name ("...-uniform-k3e3"); it is left out by its blocks all the same."""
+    space = load_space("tiny")  # 12 networks: a pool of 4,000 draws sees every one
+    ms = dict(zip([b.key for b in space.blocks()], FlopsMs().predict_ms(space.blocks())))
+    base = space.arch(space.uniform_choices("k3e3"), "tiny-uniform-k3e3")
+    every = space.spanning_archs(ms, 12, seed=0)
+    assert base.keys in [a.keys for _, a in every]
+    picked = space.spanning_archs(ms, 12, seed=0, exclude=[base.key])
+    assert base.keys not in [a.keys for _, a in picked] and len(picked) == len(every) - 1
+
+
+def test_a_width_search_resumes_where_it_stopped(tmp_path, tiny_w):
+    """The width logits' score-function baseline is in the checkpoint: a resumed search ends as a whole one."""
+    from search.train import SearchConfig, SearchProgress, run_search
+
+    class StopAt(SearchProgress):
+        def epoch_start(self, epoch, epochs, steps, phase):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    space_file = tmp_path / "tiny-w.yaml"
+
+    def cfg(out):
+        return SearchConfig(space=str(space_file), data="digits", out=str(out), epochs=3, warmup_epochs=1,
+                            batch_size=64, arch_every=2, arch_lr=0.05, limit=400, weights="shared")
+
+    whole = run_search(cfg(tmp_path / "a"), FlopsMs())
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg(tmp_path / "b"), FlopsMs(), progress=StopAt())
+    res = run_search(cfg(tmp_path / "b"), FlopsMs(), resume=True)
+    assert res.resumed_from == 2 and res.arch.meta["probabilities"] == whole.arch.meta["probabilities"]
+    assert len(res.arch.meta["choices"]) == 3 + 2
