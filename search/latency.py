@@ -4,14 +4,24 @@
 The table is built once from a predictor (anything with ``predict_ms(blocks) -> array``): one row
 per searchable layer with the predicted latency of each candidate (the zero op costs 0 ms), plus
 the fixed layers' sum as a constant. No block key is looked up inside the loss.
+
+In a space with width choices (`profiler.spaces`), a layer's latency depends on its op and on the
+widths of one or two stages (its own; for a stage's first layer also the previous stage's), so
+each layer's row is an array (input width, output width, op) (`WidthLatency`). Op and stage-width
+choices are independent, and no layer depends on the same stage twice, so the expected latency
+
+    E[LAT] = sum over layers of sum_{a, b} p_in(a) p_out(b) sum_j p_j F(o_j | a, b)
+
+is exact (a bilinear form per layer), as ProxylessNAS's sum is for ops alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -20,7 +30,8 @@ from profiler.blocks import BlockSpec
 from profiler.errors import HwnasError
 from profiler.spaces import SearchSpace
 
-__all__ = ["LatencyPredictor", "LatencyTable", "latency_loss", "StoredMedians", "SearchError", "LOSSES"]
+__all__ = ["LatencyPredictor", "LatencyTable", "WidthLatency", "latency_loss", "StoredMedians", "SearchError",
+           "LOSSES"]
 
 LOSSES = ("add", "mul", "ratio", "ceiling", "hinge", "abs")
 
@@ -38,20 +49,62 @@ class LatencyPredictor(Protocol):
 
 
 @dataclass(frozen=True)
+class WidthLatency:
+    """The width-coupled part of a `LatencyTable` (a space with width choices).
+
+    Attributes:
+        n_widths: width choices per stage (count).
+        stages: stages with a width choice (count).
+        rows: per searchable layer, ms of shape (n_in, n_out, candidates): n_in is ``n_widths``
+            where the input width comes from another stage (``row_stages[i][0]``), else 1; n_out
+            likewise for the layer's own stage (``row_stages[i][1]``).
+        row_stages: per searchable layer, (input stage or None, output stage or None); never the
+            same stage twice.
+        fixed_rows: per fixed layer whose channels depend on a width (the final conv), ms of shape
+            (n_in, n_out); ``fixed_stages`` as ``row_stages``.
+        const_ms: sum over the fixed layers that depend on no width (ms).
+    """
+
+    n_widths: int
+    stages: int
+    rows: tuple[np.ndarray, ...]
+    row_stages: tuple[tuple[int | None, int | None], ...]
+    fixed_rows: tuple[np.ndarray, ...]
+    fixed_stages: tuple[tuple[int | None, int | None], ...]
+    const_ms: float
+
+    def assignments(self) -> Iterator[tuple[int, ...]]:
+        """Every width assignment (one width index per stage): n_widths ** stages of them."""
+        return itertools.product(range(self.n_widths), repeat=self.stages)
+
+    @staticmethod
+    def _pick(arr: np.ndarray, st: tuple[int | None, int | None], ws: Sequence[int]) -> np.ndarray:
+        a = ws[st[0]] if st[0] is not None else 0
+        b = ws[st[1]] if st[1] is not None else 0
+        return arr[a, b]
+
+
+@dataclass(frozen=True)
 class LatencyTable:
     """Predicted latency (ms, batch 1) of every candidate of every searchable layer.
 
     Attributes:
-        layers: per searchable layer, a float64 array of shape (candidates,) in ms.
-        fixed_ms: sum over the fixed layers (stem, first block, final conv, classifier), ms.
+        layers: per searchable layer, a float64 array of shape (candidates,) in ms. In a space
+            with width choices, the rows with every stage at its widest (`at_widths` gives the
+            rows of any other widths).
+        fixed_ms: sum over the fixed layers (stem, first block, final conv, classifier), ms (with
+            width choices: at the widest).
+        width: the width-coupled rows (None in a space without width choices). Choice lists and
+            probability lists then hold the stages' widths after the ops (see `profiler.spaces`).
     """
 
     layers: tuple[np.ndarray, ...]
     fixed_ms: float
+    width: WidthLatency | None = None
 
     @classmethod
     def build(cls, space: SearchSpace, predictor: LatencyPredictor) -> "LatencyTable":
-        """Ask the predictor once for every block of the space.
+        """Ask the predictor once for every block of the space (every width of it).
 
         Raises `SearchError` (one line) when the predictor lacks a block or returns a bad value.
         """
@@ -72,6 +125,8 @@ class LatencyTable:
         def lat(b: BlockSpec) -> float:
             return 0.0 if b.kind == "zero" else float(by_block[b])
 
+        if space.width_stages:
+            return cls._build_width(space, lat)
         rows, fixed = [], 0.0
         for layer in space.layers:
             if layer.searchable:
@@ -80,22 +135,100 @@ class LatencyTable:
                 fixed += lat(layer.candidates[0])
         return cls(tuple(rows), fixed)
 
+    @classmethod
+    def _build_width(cls, space: SearchSpace, lat) -> "LatencyTable":
+        nw = len(space.widths)
+        rows, row_st, frows, fst, const = [], [], [], [], 0.0
+        for layer in space.layers:
+            if not layer.variants:
+                const += lat(layer.candidates[0])
+                continue
+            st = (layer.in_stage, layer.out_stage)
+            arr = np.zeros((nw if st[0] is not None else 1, nw if st[1] is not None else 1, len(layer.candidates)))
+            for (a, b), cands in layer.variants:
+                arr[a, b] = [lat(c) for c in cands]
+            if layer.searchable:
+                rows.append(arr)
+                row_st.append(st)
+            else:
+                frows.append(arr[:, :, 0])
+                fst.append(st)
+        width = WidthLatency(nw, space.width_stages, tuple(rows), tuple(row_st), tuple(frows), tuple(fst), const)
+        widest = cls._plain(width, [nw - 1] * space.width_stages)
+        return cls(widest.layers, widest.fixed_ms, width)
+
+    @staticmethod
+    def _plain(w: WidthLatency, ws: Sequence[int]) -> "LatencyTable":
+        rows = tuple(np.asarray(WidthLatency._pick(r, st, ws), dtype=float) for r, st in zip(w.rows, w.row_stages))
+        fixed = w.const_ms + sum(float(WidthLatency._pick(r, st, ws)) for r, st in zip(w.fixed_rows, w.fixed_stages))
+        return LatencyTable(rows, fixed)
+
+    @property
+    def width_stages(self) -> int:
+        """Width choices after the op choices in a choice list (0: no width choices)."""
+        return self.width.stages if self.width is not None else 0
+
+    def at_widths(self, width_choices: Sequence[int]) -> "LatencyTable":
+        """The plain table (ops only) with stage s at width index ``width_choices[s]``; itself
+        for a table without width choices (and an empty ``width_choices``)."""
+        if self.width is None:
+            if len(width_choices):
+                raise SearchError("this latency table has no width choices")
+            return self
+        if len(width_choices) != self.width.stages or any(not 0 <= w < self.width.n_widths for w in width_choices):
+            raise SearchError(f"give one width index (0..{self.width.n_widths - 1}) for each of the "
+                              f"{self.width.stages} stages, not {list(width_choices)}")
+        return self._plain(self.width, width_choices)
+
+    def _split(self, choices: Sequence) -> tuple[list, list]:
+        n = len(self.layers)
+        if len(choices) != n + self.width_stages:
+            raise SearchError(f"{len(choices)} choices for a table of {n} layers"
+                              + (f" and {self.width_stages} width stages" if self.width_stages else ""))
+        return list(choices[:n]), list(choices[n:])
+
     def min_ms(self) -> float:
-        """The fastest network the space can make: sum of per-layer minima + fixed (ms)."""
-        return float(sum(r.min() for r in self.layers) + self.fixed_ms)
+        """The fastest network the space can make: sum of per-layer minima + fixed (ms); with
+        width choices, the fastest over every width assignment."""
+        if self.width is None:
+            return float(sum(r.min() for r in self.layers) + self.fixed_ms)
+        return min(self._plain(self.width, ws).min_ms() for ws in self.width.assignments())
 
     def max_ms(self) -> float:
-        return float(sum(r.max() for r in self.layers) + self.fixed_ms)
+        if self.width is None:
+            return float(sum(r.max() for r in self.layers) + self.fixed_ms)
+        return max(self._plain(self.width, ws).max_ms() for ws in self.width.assignments())
 
     def arch_ms(self, choices: Sequence[int]) -> float:
-        """Predicted latency of the network that takes ``choices[i]`` at searchable layer i (ms)."""
-        return float(sum(r[c] for r, c in zip(self.layers, choices, strict=True)) + self.fixed_ms)
+        """Predicted latency of the network that takes ``choices[i]`` at searchable layer i (then,
+        with width choices, stage s at width ``choices[len(layers) + s]``) (ms)."""
+        if self.width is None:
+            return float(sum(r[c] for r, c in zip(self.layers, choices, strict=True)) + self.fixed_ms)
+        ops, ws = self._split(choices)
+        return self.at_widths([int(w) for w in ws]).arch_ms(ops)
 
     def expected_ms(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """E[LAT] = sum over layers of sum_j p_j F(o_j) + fixed (ms); differentiable in ``probs``."""
-        total = torch.tensor(self.fixed_ms, dtype=torch.float32)
-        for p, r in zip(probs, self.layers, strict=True):
-            total = total + (p * torch.as_tensor(r, dtype=p.dtype)).sum()
+        """E[LAT] = sum over layers of sum_j p_j F(o_j) + fixed (ms); differentiable in ``probs``
+        (one row per searchable layer, then, with width choices, one per stage; exact: see the
+        module docstring)."""
+        if self.width is None:
+            total = torch.tensor(self.fixed_ms, dtype=torch.float32)
+            for p, r in zip(probs, self.layers, strict=True):
+                total = total + (p * torch.as_tensor(r, dtype=p.dtype)).sum()
+            return total
+        ops, pw = self._split(probs)
+        dtype = pw[0].dtype
+        one = torch.ones(1, dtype=dtype)
+
+        def side(st: int | None) -> torch.Tensor:
+            return pw[st] if st is not None else one
+
+        total = torch.tensor(self.width.const_ms, dtype=dtype)
+        for p, r, (si, so) in zip(ops, self.width.rows, self.width.row_stages):
+            per_pair = (torch.as_tensor(r, dtype=dtype) * p).sum(-1)  # (n_in, n_out)
+            total = total + side(si) @ per_pair @ side(so)
+        for r, (si, so) in zip(self.width.fixed_rows, self.width.fixed_stages):
+            total = total + side(si) @ torch.as_tensor(r, dtype=dtype) @ side(so)
         return total
 
 

@@ -27,6 +27,22 @@ Weights (also passed to the constructor, with any mode):
   elastic expand), so every weight step trains (part of) every candidate. A training device only:
   latency still comes from each candidate's own block, and the derived network is a plain
   `ArchSpec` whose weights are copies of its slices (`Supernet.derived_state_dict`).
+
+Width (a space with ``widths``, `profiler.spaces`): each stage's channel count is a choice with
+logits of its own (`Supernet.width_choices`, one row of ``len(space.widths)`` per stage). Every
+MBConv candidate and the final conv are built at the widest width and run at a narrower one on
+their first channels (OFA's elastic width): with shared weights the layer's `SharedMBConv`, with
+separate weights one `SharedMBConv` per candidate (a plain MBConv whose weights can be sliced).
+BatchNorm is sliced too, as OFA does; the search re-estimates statistics per sub-network before it
+evaluates one. The width logits' gradient is the exact one of the expected latency (`LatencyTable.
+expected_ms` is bilinear in the width probabilities) plus a score-function (REINFORCE) estimate of
+the cross-entropy's, with the stage widths sampled from ``softmax(alpha)``. Why sampled rather than
+FBNetV2's Gumbel-softmax channel masks: a mask sum over widths equals the narrower network only if
+the middle channels (input channels x expand) are masked per input width and op too, which does
+not compose with the binarised op gates; sampling runs exactly one narrow network (the memory and
+compute of one path, as path binarisation intends), works the same in every mode and with both
+weight kinds, and three widths per stage leave the estimator's variance small next to a moving
+baseline.
 """
 
 from __future__ import annotations
@@ -43,7 +59,7 @@ from profiler.blocks import ArchSpec, BlockSpec, se_channels
 from profiler.spaces import SearchSpace
 from search.latency import SearchError
 
-__all__ = ["MixedOp", "Supernet", "SharedMBConv", "MODES", "WEIGHTS"]
+__all__ = ["MixedOp", "Supernet", "SharedMBConv", "SlicedConv", "MODES", "WEIGHTS"]
 
 MODES = ("binary", "reinforce", "all")
 WEIGHTS = ("separate", "shared")
@@ -222,6 +238,9 @@ class SharedMBConv(nn.Module):
                 raise SearchError(f"weights='shared': {s.key} has grouped 1x1 convolutions (channel shuffle); "
                                   "their first channels are not a smaller block of the same kind: use weights='separate'")
         self.specs = tuple(specs)
+        # what each candidate runs as now: its spec at the current widths (`set_active`); the
+        # weights are sized for ``specs`` (the widest), a narrower spec uses their first channels
+        self.active: list[BlockSpec] = list(self.specs)
         self.in_c, self.out_c, self.stride = first.in_c, first.out_c, first.stride
         self.residual, self.se, self.hs = first.residual, first.se, first.hs
         self.k_max = max(s.kernel for s in specs)
@@ -263,6 +282,16 @@ class SharedMBConv(nn.Module):
     def _dw_key(s: BlockSpec) -> str:
         return f"k{s.kernel}" + ("" if s.mid_c != s.in_c else "_noexpand")
 
+    def set_active(self, index: int, spec: BlockSpec) -> None:
+        """Run candidate ``index`` as ``spec``: the same op at other (no wider) widths.
+
+        Raises `SearchError` where ``spec`` is not a narrowing of the candidate."""
+        w = self.specs[index]
+        if (spec.kind, spec.kernel, spec.stride, spec.se, spec.hs) != (w.kind, w.kernel, w.stride, w.se, w.hs) or \
+                spec.in_c > w.in_c or spec.out_c > w.out_c or spec.mid_c > w.mid_c:
+            raise SearchError(f"{spec.key} is not a narrower {w.key}")
+        self.active[index] = spec
+
     def views(self) -> list[nn.Module]:
         """One module per spec, for `MixedOp`'s candidate list."""
         return [_SharedView(self, i) for i in range(len(self.specs))]
@@ -272,11 +301,11 @@ class SharedMBConv(nn.Module):
         return self.depthwise.weight[:s.mid_c, :, lo:lo + s.kernel, lo:lo + s.kernel]
 
     def run(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Candidate ``index`` on ``x`` (N, in_c, H, W) -> (N, out_c, H', W')."""
-        s = self.specs[index]
+        """Candidate ``index`` (at its active widths) on ``x`` (N, in_c, H, W) -> (N, out_c, H', W')."""
+        s = self.active[index]
         h = x
         if s.mid_c != s.in_c:
-            h = _act(self.hs, _bn(self.expand_bn, F.conv2d(x, self.expand.weight[:s.mid_c])))
+            h = _act(self.hs, _bn(self.expand_bn, F.conv2d(x, self.expand.weight[:s.mid_c, :s.in_c])))
         h = F.conv2d(h, self._dw_weight(s), None, self.stride, s.kernel // 2, 1, s.mid_c)
         h = _act(self.hs, _bn(self.depthwise_bn[self._dw_key(s)], h))
         if self.se:
@@ -285,23 +314,24 @@ class SharedMBConv(nn.Module):
             g = F.relu(F.conv2d(g, self.se_reduce.weight[:red, :s.mid_c], self.se_reduce.bias[:red]))
             g = F.hardsigmoid(F.conv2d(g, self.se_expand.weight[:s.mid_c, :red], self.se_expand.bias[:s.mid_c]))
             h = h * g
-        h = _bn(self.project_bn[index], F.conv2d(h, self.project.weight[:, :s.mid_c]))
-        return x + h if self.residual else h
+        h = _bn(self.project_bn[index], F.conv2d(h, self.project.weight[:s.out_c, :s.mid_c]))
+        return x + h if s.residual else h
 
     @torch.no_grad()
     def candidate_module(self, index: int) -> nn.Module:
         """Candidate ``index`` as its block's own module (``BlockSpec.build()``, eval mode), holding
-        copies of its slices of the shared weights and statistics: the same function as `run`."""
+        copies of its slices of the shared weights and statistics: the same function as `run`
+        (at the candidate's active widths)."""
         from profiler._modules import ConvBNAct, SqueezeExcite
 
-        s = self.specs[index]
+        s = self.active[index]
         mod = s.build()
         convs = [m for m in mod.body if isinstance(m, ConvBNAct)]
         parts: list[tuple[torch.Tensor, nn.BatchNorm2d]] = []
         if s.mid_c != s.in_c:
-            parts.append((self.expand.weight[:s.mid_c], self.expand_bn))
+            parts.append((self.expand.weight[:s.mid_c, :s.in_c], self.expand_bn))
         parts.append((self._dw_weight(s), self.depthwise_bn[self._dw_key(s)]))
-        parts.append((self.project.weight[:, :s.mid_c], self.project_bn[index]))
+        parts.append((self.project.weight[:s.out_c, :s.mid_c], self.project_bn[index]))
         if len(convs) != len(parts):
             raise RuntimeError(f"{s.key}: the block module has {len(convs)} conv layers, the shared one {len(parts)}")
         for conv_bn, (w, src) in zip(convs, parts):
@@ -319,6 +349,48 @@ class SharedMBConv(nn.Module):
                 m.expand.weight.copy_(self.se_expand.weight[:s.mid_c, :red])
                 m.expand.bias.copy_(self.se_expand.bias[:s.mid_c])
         return mod
+
+
+class SlicedConv(nn.Module):
+    """A fixed conv block (the final 1x1 conv) whose input channels follow a stage's width: built
+    at the widest input (``spec``), it runs on the first ``x.shape[1]`` input channels of its
+    weight; its output channels and BatchNorm do not change with the width. Input NCHW."""
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__()
+        if spec.kind not in ("conv", "final_conv"):
+            raise SearchError(f"{spec.key}: only a plain conv block takes a narrower input")
+        self.spec = spec
+        self.active = spec
+        self.body = spec.build().train()
+
+    def set_active(self, spec: BlockSpec) -> None:
+        if (spec.kind, spec.out_c, spec.kernel, spec.stride) != (self.spec.kind, self.spec.out_c, self.spec.kernel,
+                                                                 self.spec.stride) or spec.in_c > self.spec.in_c:
+            raise SearchError(f"{spec.key} is not {self.spec.key} on fewer input channels")
+        self.active = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.body[0]
+        h = F.conv2d(x, conv.weight[:, :self.active.in_c], None, conv.stride, conv.padding)
+        for m in list(self.body)[1:]:
+            h = m(h)
+        return h
+
+    def derived_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights of ``self.active.build()``: the input-channel slice of the conv, the rest as is."""
+        sd = dict(self.body.state_dict())
+        sd["0.weight"] = sd["0.weight"][:, :self.active.in_c]
+        return sd
+
+
+class _WidthChoice(nn.Module):
+    """The width logits of one stage (shape (len(widths),)); a module so its parameter is named
+    ``...alpha`` like the op logits (what the data-parallel set-up keeps out of DDP)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(n))
 
 
 def _reinit(module: nn.Module) -> None:
@@ -345,6 +417,7 @@ class Supernet(nn.Module):
         self.space = space
         self.mode = mode
         self.weights = weights
+        self.width_stages = space.width_stages
         layers: list[nn.Module] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -352,11 +425,22 @@ class Supernet(nn.Module):
                 if layer.searchable and weights == "shared":
                     layers.append(_shared_mixed_op(layer.candidates, mode))
                     continue
+                if layer.variants and layer.searchable:  # separate weights, sliceable for the widths
+                    layers.append(_sliceable_mixed_op(layer.candidates, mode))
+                    continue
+                if layer.variants:
+                    sliced = SlicedConv(layer.candidates[0])
+                    _reinit(sliced.body)
+                    layers.append(sliced)
+                    continue
                 mods = [c.build().train() for c in layer.candidates]
                 for m in mods:
                     _reinit(m)
                 layers.append(MixedOp(mods, mode) if layer.searchable else mods[0])
         self.layers = nn.ModuleList(layers)
+        # one row of width logits per stage (none in a space without width choices)
+        self.width_choices = nn.ModuleList(_WidthChoice(len(space.widths)) for _ in range(self.width_stages))
+        self._widths: list[int] = [len(space.widths) - 1] * self.width_stages
 
     # ---- parameters -----------------------------------------------------------------------
     @property
@@ -364,7 +448,8 @@ class Supernet(nn.Module):
         return [m for m in self.layers if isinstance(m, MixedOp)]
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [m.alpha for m in self.mixed]
+        """The op logits of every searchable layer, then the width logits of every stage."""
+        return [m.alpha for m in self.mixed] + [w.alpha for w in self.width_choices]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         ids = {id(a) for a in self.arch_parameters()}
@@ -373,7 +458,49 @@ class Supernet(nn.Module):
     def probs(self, temperature: float = 1.0) -> list[torch.Tensor]:
         """Per searchable layer, the candidate probabilities (differentiable); with ``temperature``
         below 1, ``softmax(alpha / temperature)``: sharpened toward the argmax network."""
-        return [torch.softmax(m.alpha / temperature, 0) for m in self.mixed]
+        return [torch.softmax(m.alpha / temperature, 0) for m in self.mixed] + \
+            [torch.softmax(w.alpha / temperature, 0) for w in self.width_choices]
+
+    # ---- widths (a space with width choices) ---------------------------------------------------
+    @property
+    def widths(self) -> list[int]:
+        """The stage width indices the network runs at now (empty without width choices)."""
+        return list(self._widths)
+
+    def set_widths(self, widths: Sequence[int]) -> None:
+        """Run stage s at width index ``widths[s]``: every layer whose channels follow a stage is set
+        to its candidates at those widths."""
+        if len(widths) != self.width_stages:
+            raise ValueError(f"{self.width_stages} stage widths needed, got {len(widths)}")
+        self._widths = [int(w) for w in widths]
+        if not self.width_stages:
+            return
+        for layer, mod in zip(self.space.layers, self.layers):
+            if not layer.variants:
+                continue
+            cands = self.space.layer_candidates(layer, self._widths)
+            if isinstance(mod, SlicedConv):
+                mod.set_active(cands[0])
+                continue
+            for spec, cand in zip(cands, mod.candidates, strict=True):
+                if isinstance(cand, _SharedView):
+                    cand.owner.set_active(cand.index, spec)
+
+    def sample_widths(self, gen: torch.Generator) -> list[int]:
+        """One width per stage drawn from its ``softmax(alpha)``; set. Returns the width indices."""
+        ws = [int(torch.multinomial(torch.softmax(w.alpha.detach(), 0), 1, generator=gen)) for w in self.width_choices]
+        self.set_widths(ws)
+        return ws
+
+    def log_prob(self, choices: Sequence[int]) -> torch.Tensor:
+        """log p(choices) under the logits (ops, then widths): differentiable, for score-function gradients."""
+        logits = [m.alpha for m in self.mixed] + [w.alpha for w in self.width_choices]
+        return sum(torch.log_softmax(a, 0)[int(c)] for a, c in zip(logits, choices, strict=True))
+
+    def width_log_prob(self) -> torch.Tensor:
+        """log p of the current stage widths (0 without width choices); differentiable."""
+        return sum((torch.log_softmax(w.alpha, 0)[c] for w, c in zip(self.width_choices, self._widths)),
+                   torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -382,12 +509,15 @@ class Supernet(nn.Module):
 
     # ---- sampling (the generator is shared and seeded, so every rank draws the same paths) --
     def sample_paths(self, gen: torch.Generator) -> list[int]:
-        """One path per layer, drawn from ``p``; set as the active paths. Returns the choices."""
+        """One path per layer, drawn from ``p``, and (with width choices) one width per stage; set as
+        the active paths. Returns the choices (ops, then widths)."""
         choices = []
         for m in self.mixed:
             c = int(torch.multinomial(m.probs.detach(), 1, generator=gen))
             m.set_path(c)
             choices.append(c)
+        if self.width_stages:
+            choices += self.sample_widths(gen)
         return choices
 
     def sample_pairs(self, gen: torch.Generator) -> list[tuple[tuple[int, int], int]]:
@@ -429,36 +559,58 @@ class Supernet(nn.Module):
 
     @contextlib.contextmanager
     def fixed_paths(self, choices: Sequence[int]) -> Iterator[None]:
-        """Run one given path per layer (whatever the mode), e.g. to evaluate the argmax network."""
-        for m, c in zip(self.mixed, choices, strict=True):
+        """Run one given path per layer (whatever the mode), e.g. to evaluate the argmax network;
+        ``choices`` as `SearchSpace.arch` takes them (with width choices: the stage widths last)."""
+        ops, ws = self.space.split(choices)
+        before = self.widths
+        for m, c in zip(self.mixed, ops, strict=True):
             m._fixed = int(c)
+        self.set_widths(ws)
         try:
             yield
         finally:
             for m in self.mixed:
                 m._fixed = None
+            self.set_widths(before)
 
     # ---- the result ------------------------------------------------------------------------
     def argmax_choices(self) -> list[int]:
-        return [int(torch.argmax(m.alpha.detach())) for m in self.mixed]
+        """The most likely op per layer, then (with width choices) the most likely width per stage."""
+        return [int(torch.argmax(m.alpha.detach())) for m in self.mixed] + \
+            [int(torch.argmax(w.alpha.detach())) for w in self.width_choices]
 
     def derive(self, name: str = "", meta: dict | None = None) -> ArchSpec:
-        """The most likely network (argmax per layer) as an ArchSpec, with the probabilities in meta."""
-        arch = self.space.arch(self.argmax_choices(), name or f"{self.space.name}-searched")
-        m = {"space": self.space.name, "choices": self.argmax_choices(),
+        """The most likely network (argmax per layer) as an ArchSpec, with the probabilities in meta
+        (with width choices, also ``widths``: the chosen multiplier per stage)."""
+        choices = self.argmax_choices()
+        arch = self.space.arch(choices, name or f"{self.space.name}-searched")
+        m = {"space": self.space.name, "choices": choices,
              "probabilities": [[round(float(v), 6) for v in p.detach()] for p in self.probs()]}
+        if self.width_stages:
+            m["widths"] = [self.space.widths[w] for w in self.space.split(choices)[1]]
         m.update(meta or {})
         return ArchSpec(arch.blocks, arch.input_size, arch.num_classes, arch.name, m)
 
     def derived_state_dict(self, choices: Sequence[int]) -> dict[str, torch.Tensor]:
         """The weights of the network with ``choices``, keyed for ``ArchSpec.build()`` (an nn.Sequential);
-        with shared weights, copies of the chosen candidates' slices."""
-        it = iter(choices)
-        out: dict[str, torch.Tensor] = {}
-        for i, layer in enumerate(self.layers):
-            sd = layer.candidate_state_dict(next(it)) if isinstance(layer, MixedOp) else layer.state_dict()
-            out.update({f"{i}.{k}": v.clone() for k, v in sd.items()})
-        return out
+        with shared weights or width choices, copies of the chosen candidates' slices."""
+        ops, ws = self.space.split(choices)
+        before = self.widths
+        self.set_widths(ws)
+        try:
+            it = iter(ops)
+            out: dict[str, torch.Tensor] = {}
+            for i, layer in enumerate(self.layers):
+                if isinstance(layer, MixedOp):
+                    sd = layer.candidate_state_dict(next(it))
+                elif isinstance(layer, SlicedConv):
+                    sd = layer.derived_state_dict()
+                else:
+                    sd = layer.state_dict()
+                out.update({f"{i}.{k}": v.clone() for k, v in sd.items()})
+            return out
+        finally:
+            self.set_widths(before)
 
 
 def _shared_mixed_op(candidates: Sequence[BlockSpec], mode: str) -> MixedOp:
@@ -468,3 +620,18 @@ def _shared_mixed_op(candidates: Sequence[BlockSpec], mode: str) -> MixedOp:
     views = iter(shared.views())
     mods = [nn.Identity() if c.kind == "zero" else next(views) for c in candidates]
     return MixedOp(mods, mode, shared=shared)
+
+
+def _sliceable_mixed_op(candidates: Sequence[BlockSpec], mode: str) -> MixedOp:
+    """A searchable layer of a space with width choices, separate weights: each MBConv candidate
+    is its own one-spec `SharedMBConv` (a plain MBConv whose first channels run the narrower
+    widths); zero ops stay identities."""
+    owners, mods = [], []
+    for c in candidates:
+        if c.kind == "zero":
+            mods.append(nn.Identity())
+            continue
+        owner = SharedMBConv([c]).train()
+        owners.append(owner)
+        mods.append(owner.views()[0])
+    return MixedOp(mods, mode, shared=nn.ModuleList(owners))

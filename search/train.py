@@ -340,6 +340,7 @@ class _Search:
     sched: Any
     gen: torch.Generator  # path sampling: the same stream on every rank
     baseline: float | None = None  # REINFORCE's moving average of the reward
+    width_baseline: float | None = None  # moving average of the arch-step loss: the width logits' score-function baseline
     log: list[dict[str, Any]] = field(default_factory=list)
     start: int = 0  # the first epoch this call runs
     resumed_from: int | None = None
@@ -403,6 +404,7 @@ def _setup(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool, progres
         s.gen.set_state(ck["gen"])
         torch.set_rng_state(ck["torch_rng"][d.rank] if d.rank < len(ck["torch_rng"]) else ck["torch_rng"][0])
         s.baseline, s.log, s.start = ck["baseline"], list(ck["log"]), int(ck["epoch"]) + 1
+        s.width_baseline = ck.get("width_baseline")
         progress.message(f"resuming {out} after epoch {s.start - 1} of {cfg.epochs}")
     s.resumed_from = s.start if resume and s.start > 0 else None
     if d.world > 1:
@@ -430,7 +432,9 @@ def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
         x, y = x.to(d.device), y.to(d.device)
         # -- weight step: one sampled path per layer (all paths in the DARTS baseline)
         if cfg.mode != "all":
-            net.sample_paths(s.gen)
+            net.sample_paths(s.gen)  # with width choices, the stage widths too
+        elif net.width_stages:
+            net.sample_widths(s.gen)
         logits = s.model(x)
         loss = F.cross_entropy(logits, y)
         s.w_opt.zero_grad(set_to_none=True)
@@ -445,8 +449,8 @@ def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
         # -- architecture step on the held-out split
         if not warm and (step + 1) % cfg.arch_every == 0:
             xv, yv = next(valid_iter)
-            al, s.baseline = _arch_step(net, cfg, s.table, s.a_opt, s.gen, xv.to(d.device), yv.to(d.device), d,
-                                        s.baseline)
+            al, s.baseline, s.width_baseline = _arch_step(net, cfg, s.table, s.a_opt, s.gen, xv.to(d.device),
+                                                          yv.to(d.device), d, s.baseline, s.width_baseline)
             sums["arch_loss"] += al
             sums["arch_steps"] += 1
         progress.step()
@@ -487,7 +491,7 @@ def _checkpoint(s: _Search, epoch: int) -> None:
     _save_atomic({"version": _CKPT_VERSION, "config": s.cfg.to_dict(), "epoch": epoch,
                   "net": s.net.state_dict(), "w_opt": s.w_opt.state_dict(), "a_opt": s.a_opt.state_dict(),
                   "sched": s.sched.state_dict(), "gen": s.gen.get_state(), "torch_rng": [torch.get_rng_state()],
-                  "baseline": s.baseline, "log": s.log}, s.ckpt_path)
+                  "baseline": s.baseline, "width_baseline": s.width_baseline, "log": s.log}, s.ckpt_path)
 
 
 def _finish(s: _Search, predictor: LatencyPredictor) -> SearchResult:
@@ -569,8 +573,12 @@ def _cycle(make):
 
 def _arch_step(net: Supernet, cfg: SearchConfig, table: LatencyTable, opt: torch.optim.Optimizer,
                gen: torch.Generator, x: torch.Tensor, y: torch.Tensor, d: _Dist,
-               baseline: float | None) -> tuple[float, float | None]:
-    """One update of the architecture logits; returns (loss, REINFORCE baseline)."""
+               baseline: float | None, width_baseline: float | None = None) -> tuple[float, float | None, float | None]:
+    """One update of the architecture logits; returns (loss, REINFORCE baseline, width baseline).
+
+    With width choices the stage widths are sampled (REINFORCE: with the paths) and their logits
+    get, besides the expected latency's exact gradient, the score-function estimate of the loss's:
+    ``(loss - width_baseline) * grad log p(widths)`` (see `search.supernet`)."""
     weights = net.weight_parameters()
     alphas = net.arch_parameters()
     for p in weights:  # the architecture step needs no weight gradients (and no weight activations)
@@ -588,17 +596,27 @@ def _arch_step(net: Supernet, cfg: SearchConfig, table: LatencyTable, opt: torch
             reward = -loss
             advantage = reward - (reward if baseline is None else baseline)
             baseline = reward if baseline is None else cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * reward
-            logp = sum(torch.log_softmax(m.alpha, 0)[c] for m, c in zip(net.mixed, choices))
+            logp = net.log_prob(choices)  # ops and, with width choices, the stage widths
             (-advantage * logp).backward()
             opt.step()
-            return loss, baseline
+            return loss, baseline, width_baseline
         before = [a.detach().clone() for a in alphas]
         if cfg.mode == "binary":
             net.sample_pairs(gen)
+        if net.width_stages:
+            net.sample_widths(gen)
         ce = F.cross_entropy(net(x), y)
         lat = table.expected_ms(net.probs(cfg.lat_temperature))
         loss_t = latency_loss(ce, lat, cfg.loss, cfg.lam, cfg.target_ms, cfg.beta, cfg.weight)
-        loss_t.backward()
+        objective = loss_t
+        if net.width_stages:
+            (value,) = _allreduce_sum([float(loss_t.detach())], d)
+            value /= d.world
+            advantage = value - (value if width_baseline is None else width_baseline)
+            width_baseline = value if width_baseline is None else \
+                cfg.baseline_decay * width_baseline + (1 - cfg.baseline_decay) * value
+            objective = loss_t + advantage * net.width_log_prob()
+        objective.backward()
         _allreduce_mean([a.grad for a in alphas if a.grad is not None], d)
         if cfg.mode == "binary":
             net.mask_arch_grads_to_pairs()
@@ -607,7 +625,7 @@ def _arch_step(net: Supernet, cfg: SearchConfig, table: LatencyTable, opt: torch
             net.clear_pairs()
         else:
             opt.step()
-        return float(loss_t.detach()), baseline
+        return float(loss_t.detach()), baseline, width_baseline
     finally:
         for p in weights:
             p.requires_grad_(True)

@@ -99,7 +99,7 @@ def test_every_block_of_every_space_round_trips(name):
     assert len({b.key for b in blocks}) == len(blocks)
     for b in blocks:
         assert BlockSpec.from_key(b.key) == b
-    arch = space.arch([0] * len(space.searchable))
+    arch = space.arch([0] * space.n_choices)  # with width choices: the stage widths after the ops
     assert ArchSpec.from_json(arch.to_json()) == arch
 
 

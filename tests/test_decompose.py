@@ -18,7 +18,8 @@ from test_predictor import PROXYLESS, _main
 
 def _random_archs(space, n, seed):
     rng = np.random.default_rng(seed)
-    return [space.arch([int(rng.integers(len(space.layers[i].candidates))) for i in space.searchable])
+    return [space.arch([int(rng.integers(len(space.layers[i].candidates))) for i in space.searchable]
+                       + [int(rng.integers(len(space.widths))) for _ in range(space.width_stages)])
             for _ in range(n)]
 
 

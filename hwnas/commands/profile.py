@@ -295,7 +295,7 @@ def cmd_spaces(args) -> int:
     for name in list_spaces():
         sp = load_space(name)
         rows.append({"name": name, "input": sp.input_size, "layers": len(sp.layers),
-                     "searchable": len(sp.searchable), "distinct_blocks": len(sp.blocks()),
+                     "searchable": len(sp.searchable), "widths": list(sp.widths), "distinct_blocks": len(sp.blocks()),
                      "architectures": sp.size(), "description": sp.description})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -304,10 +304,11 @@ def cmd_spaces(args) -> int:
     from rich.table import Table
 
     t = Table(title="search spaces")
-    for c in ("name", "input", "searchable", "distinct_blocks", "architectures", "description"):
+    for c in ("name", "input", "searchable", "widths", "distinct_blocks", "architectures", "description"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r["name"], str(r["input"]), str(r["searchable"]), str(r["distinct_blocks"]),
+        t.add_row(r["name"], str(r["input"]), str(r["searchable"]), "/".join(f"{w:g}" for w in r["widths"]),
+                  str(r["distinct_blocks"]),
                   f"{r['architectures']:.2e}", r["description"])
     Console().print(t)
     return 0
