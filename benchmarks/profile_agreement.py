@@ -6,12 +6,15 @@ Runs the real `hwnas profile` command into fresh stores (one compile cache, warm
   quiet-nocheck      a quiet run with --no-interference-check (the check's cost: timing wall time);
   busy               beside N `yes` processes writing to /dev/null (other tenants of the host), default flags;
   busy-nocheck       the same neighbours, --no-interference-check --retime-flagged 0 (the behaviour before
-                     the check: every number stored and used).
+                     the check: every number stored and used; no real-time priority either);
+  quiet-nocheck-2    (only when named in --runs) a second unchecked quiet run: scatter without the check.
 
 For each run against quiet-1: the share of blocks whose medians agree within 5 % (all rows), the rows the
 run flags as distrusted (busy, interference, unconverged: re-timed, then left out by fits), the share of
 the rows both runs trust that agree, and how many rows both runs trust are more than 5 % apart (noise
-that escaped). The check's cost: the summed per-row timing wall time (load, warm-up, samples) of
+that escaped), and the median of the signed ratios (this run / quiet-1 - 1): a shift of every block one
+way (a systematic effect) rather than scatter. The results keep each run's per-block numbers (median,
+min, p10, samples, CV, flags, dropped/taken, signed ratio) under "per_block". The check's cost: the summed per-row timing wall time (load, warm-up, samples) of
 quiet-1 over quiet-nocheck.
 
     .venv/bin/python benchmarks/profile_agreement.py [--space proxyless-mobile] [--backend executorch]
