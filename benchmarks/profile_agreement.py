@@ -6,12 +6,15 @@ Runs the real `hwnas profile` command into fresh stores (one compile cache, warm
   quiet-nocheck      a quiet run with --no-interference-check (the check's cost: timing wall time);
   busy               beside N `yes` processes writing to /dev/null (other tenants of the host), default flags;
   busy-nocheck       the same neighbours, --no-interference-check --retime-flagged 0 (the behaviour before
-                     the check: every number stored and used).
+                     the check: every number stored and used; no real-time priority either);
+  quiet-nocheck-2    (only when named in --runs) a second unchecked quiet run: scatter without the check.
 
 For each run against quiet-1: the share of blocks whose medians agree within 5 % (all rows), the rows the
 run flags as distrusted (busy, interference, unconverged: re-timed, then left out by fits), the share of
 the rows both runs trust that agree, and how many rows both runs trust are more than 5 % apart (noise
-that escaped). The check's cost: the summed per-row timing wall time (load, warm-up, samples) of
+that escaped), and the median of the signed ratios (this run / quiet-1 - 1): a shift of every block one
+way (a systematic effect) rather than scatter. The results keep each run's per-block numbers (median,
+min, p10, samples, CV, flags, dropped/taken, signed ratio) under "per_block". The check's cost: the summed per-row timing wall time (load, warm-up, samples) of
 quiet-1 over quiet-nocheck.
 
     .venv/bin/python benchmarks/profile_agreement.py [--space proxyless-mobile] [--backend executorch]
@@ -27,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,7 +49,10 @@ RUNS = {  # name -> (neighbours?, extra CLI flags)
     "quiet-nocheck": (False, ["--no-interference-check", "--retime-flagged", "0"]),
     "busy": (True, []),
     "busy-nocheck": (True, ["--no-interference-check", "--retime-flagged", "0"]),
+    # not run by default: a second unchecked quiet run, to tell the check's effect from run-to-run scatter
+    "quiet-nocheck-2": (False, ["--no-interference-check", "--retime-flagged", "0"]),
 }
+DEFAULT_RUNS = ["quiet-1", "quiet-2", "quiet-nocheck", "busy", "busy-nocheck"]
 
 
 @contextlib.contextmanager
@@ -69,6 +76,13 @@ def profile(db: Path, args, extra: list[str], env: dict) -> tuple[float, dict]:
                 "--db", str(db), "--json", *extra], env)
 
 
+def code_origin(env: dict) -> str:
+    """Where the subprocess imports the profiler from (so a worktree's run says it timed the worktree's code)."""
+    p = subprocess.run([sys.executable, "-c", "import profiler; print(profiler.__file__)"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, check=True)
+    return p.stdout.strip()
+
+
 def rows(db: Path):
     with Store(db) as st:
         df = st.latest(status="ok").set_index("block_key")
@@ -76,14 +90,37 @@ def rows(db: Path):
     return df
 
 
+def per_block(df, ref=None) -> dict:
+    """Each block's stored latency (median_ms), spread, sample count and flags; with `ref`, the signed
+    ratio to it (this run / reference - 1: positive = slower than the reference)."""
+    out = {}
+    for key, r in df.iterrows():
+        noise = (r.get("env_after") or {}).get("noise") if isinstance(r.get("env_after"), dict) else None
+        d = {"median_ms": round(float(r["median_ms"]), 5), "min_ms": round(float(r["min_ms"]), 5),
+             "p10_ms": round(float(r["p10_ms"]), 5), "n": int(r["n"]), "cv": round(float(r["cv"]), 4),
+             "inner_runs": int(r["inner_runs"]), "flags": list(r["flags"]), "trusted": bool(r["trusted"]),
+             "timing_wall_s": round(float(r["wall_s"]), 3)}
+        if noise:
+            d["dropped"] = int(noise.get("dropped", 0))
+            d["taken"] = int(noise.get("taken", 0))
+        if ref is not None and key in ref.index:
+            d["ratio_to_quiet_1"] = round(float(r["median_ms"] / ref.loc[key, "median_ms"] - 1), 4)
+        out[key] = d
+    return out
+
+
 def compare(ref, other) -> dict:
     common = ref.index.intersection(other.index)
+    signed = other.loc[common, "median_ms"] / ref.loc[common, "median_ms"] - 1
     rel = (other.loc[common, "median_ms"] - ref.loc[common, "median_ms"]).abs() / ref.loc[common, "median_ms"]
     trusted = other.loc[common, "trusted"]
     both = trusted & ref.loc[common, "trusted"]
     off = rel > 0.05
     return {
         "blocks": int(len(common)),
+        # a systematic shift (this run slower or faster on every block) against scatter around zero
+        "signed_ratio_median": round(float(signed.median()), 4),
+        "signed_ratio_p10_p90": [round(float(signed.quantile(0.1)), 4), round(float(signed.quantile(0.9)), 4)],
         "agree_within_5pct": round(float((rel <= 0.05).mean()), 3),
         "agree_within_10pct": round(float((rel <= 0.10).mean()), 3),
         "worst": round(float(rel.max()), 3),
@@ -101,7 +138,8 @@ def main() -> int:
     ap.add_argument("--space", default="proxyless-mobile")
     ap.add_argument("--backend", default="executorch")
     ap.add_argument("--neighbours", type=int, default=2, help="CPU-bound `yes` processes beside the busy runs")
-    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    ap.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, choices=list(RUNS))
+    ap.add_argument("--keep-stores", metavar="DIR", help="copy each run's store (raw samples) into DIR")
     ap.add_argument("--cache-dir", help="compile cache (default: $HWNAS_CACHE_DIR or ~/.cache/hwnas/artifacts)")
     ap.add_argument("--force", action="store_true", help="run even if the machine is not quiet")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -113,13 +151,15 @@ def main() -> int:
     if "quiet-1" not in args.runs:
         raise SystemExit("benchmark: quiet-1 is the reference run; keep it in --runs")
     info = local_info()
-    env = dict(os.environ)
+    # the `hwnas profile` subprocesses run from this checkout (cwd and PYTHONPATH), not the venv's install
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in os.environ.get(
+        "PYTHONPATH", "").split(os.pathsep) if p])}
     if args.cache_dir:
         env["HWNAS_CACHE_DIR"] = args.cache_dir
     results = {"machine": {k: info[k] for k in ("cpu_model", "cores", "machine", "os", "governor")},
                "load_avg_at_start": [round(x, 2) for x in os.getloadavg()], "space": args.space,
                "backend": args.backend, "neighbours": args.neighbours, "date": time.strftime("%Y-%m-%d %H:%M"),
-               "commands": {}, "runs": {}}
+               "commands": {}, "runs": {}, "code": code_origin(env)}
     frames = {}
     with tempfile.TemporaryDirectory(prefix="hwnas-agree-") as tmp:
         for name in args.runs:
@@ -129,6 +169,9 @@ def main() -> int:
             with neighbours(args.neighbours) if busy else contextlib.nullcontext():
                 wall, out = profile(db, args, extra, env)
             frames[name] = rows(db)
+            if args.keep_stores:
+                Path(args.keep_stores).mkdir(parents=True, exist_ok=True)
+                shutil.copy(db, Path(args.keep_stores) / db.name)
             s = out["summary"]
             results["commands"][name] = (f"{'(beside %d x `yes > /dev/null`) ' % args.neighbours if busy else ''}"
                                          f"hwnas profile --space {args.space} --backend {args.backend} "
@@ -140,6 +183,7 @@ def main() -> int:
     for name in args.runs[1:] if args.runs[0] == "quiet-1" else [r for r in args.runs if r != "quiet-1"]:
         results["runs"][name]["vs_quiet_1"] = compare(ref, frames[name])
     results["runs"]["quiet-1"]["flagged"] = int((~ref.trusted).sum())
+    results["per_block"] = {name: per_block(frames[name], None if name == "quiet-1" else ref) for name in args.runs}
     if "quiet-nocheck" in frames:
         results["check_cost_timing_wall_ratio"] = round(
             results["runs"]["quiet-1"]["timing_wall_s_sum"] / max(results["runs"]["quiet-nocheck"]["timing_wall_s_sum"],
@@ -150,9 +194,10 @@ def main() -> int:
     path.write_text(json.dumps(results, indent=2))
 
     m = results["machine"]
+    print(f"code: {results['code']}")
     print(f"\nmachine: {m['cpu_model']}, {m['cores']} cores, {m['os']}; load at start {results['load_avg_at_start']}; "
           f"{args.backend} on {args.space}; busy runs beside {args.neighbours} x `yes > /dev/null`")
-    keys = ["agree_within_5pct", "agree_within_10pct", "worst", "flagged", "trusted_agree_within_5pct",
+    keys = ["signed_ratio_median", "agree_within_5pct", "agree_within_10pct", "worst", "flagged", "trusted_agree_within_5pct",
             "trusted_worst", "off_by_5pct_both_trusted", "off_by_10pct_both_trusted"]
     names = [n for n in args.runs if n != "quiet-1"]
     print("| vs quiet-1 | " + " | ".join(names) + " |")

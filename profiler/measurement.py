@@ -33,17 +33,18 @@ class TimingProtocol:
     # interference (profiler.interference): samples are taken in chunks of about `chunk_ms`, each between
     # two runs of a reference kernel; a chunk is dropped (and taken again) when a reference beside it is
     # slower than `reference_slow_factor` x its quiet time, and a sample when the worker waited for a CPU longer than
-    # `max_wait_share` of the sample. At most `max_dropped` samples are dropped per block, and timing stops
-    # early once 4 x `min_runs` samples are taken with more than `interference_share` of them dropped; a
-    # block with fewer than `min_runs` clean samples, or with more than `interference_share` of its samples
-    # dropped, is flagged "interference" (its kept samples are stored; the next profile times it again).
+    # `max_wait_share` of the sample. Dropped samples are taken again within `max_seconds` (contention on
+    # a VM comes and goes in phases), at most `max_dropped` per block; a block left with fewer than
+    # `min_runs` clean samples is flagged "interference" (its kept samples are stored; the next profile
+    # times it again). With the check on, the timing runs at real-time priority where the OS allows it
+    # (`raise_priority`), so that a neighbour on the timing core waits rather than takes turns.
     detect_interference: bool = True
     flag_unconverged: bool = True  # flag a block that hit the caps before the stopping rule was met
     chunk_ms: float = 2.0
     reference_slow_factor: float = 1.12
     max_wait_share: float = 0.01
-    max_dropped: int = 300
-    interference_share: float = 0.5
+    max_dropped: int = 3000
+    raise_priority: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
