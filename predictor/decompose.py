@@ -1,7 +1,7 @@
 """Decompose any torch `nn.Module` into the `BlockSpec`s a predictor knows, through its exported graph.
 
 ``torch.export.export`` gives an ATen graph whose nodes carry their output shapes. It is walked and
-matched against the block kinds of `profiler.blocks` (the modules of `profiler._modules`):
+matched against the block kinds of `profiler.blocks` (the modules of `profiler.modules`):
 
 - ``Conv``: a KxK convolution (groups 1, 'same' padding) + BatchNorm + activation (the stem);
 - ``expanded_conv``: the inverted residual of MobileNetV2 (Sandler et al. 2018): an optional 1x1

@@ -303,9 +303,9 @@ class BlockSpec:
     # ---- torch ------------------------------------------------------------------------------
     def build(self):
         """A fresh `torch.nn.Module` (eval mode) computing this block."""
-        from profiler import _modules
+        from profiler import modules
 
-        return _modules.build_block(self).eval()
+        return modules.build_block(self).eval()
 
     def example_input(self, seed: int = 0):
         import torch

@@ -322,7 +322,7 @@ class SharedMBConv(nn.Module):
         """Candidate ``index`` as its block's own module (``BlockSpec.build()``, eval mode), holding
         copies of its slices of the shared weights and statistics: the same function as `run`
         (at the candidate's active widths)."""
-        from profiler._modules import ConvBNAct, SqueezeExcite
+        from profiler.modules import ConvBNAct, SqueezeExcite
 
         s = self.active[index]
         mod = s.build()

@@ -4,7 +4,7 @@
 `MobileNetV2` follows torchvision's ``torchvision/models/mobilenetv2.py`` (Sandler et al. 2018):
 written out here because torchvision is not installed, and with its own classes (Conv2dNormActivation
 as a Sequential, InvertedResidual with ``use_res_connect``, adaptive pooling + flatten + dropout +
-linear), so that it exercises a graph built by code other than `profiler._modules`.
+linear), so that it exercises a graph built by code other than `profiler.modules`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class V3Head(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from profiler._modules import MBConv
+        from profiler.modules import MBConv
         from profiler.blocks import BlockSpec
 
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())

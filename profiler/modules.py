@@ -9,6 +9,9 @@ import torch.nn as nn
 
 from profiler.blocks import BlockSpec, se_channels
 
+__all__ = ["ConvBNAct", "SqueezeExcite", "ChannelShuffle", "MBConv", "Logits", "GlobalAvgPool", "PooledConv",
+           "build_block"]
+
 
 def _act(hs: bool) -> nn.Module:
     return nn.Hardswish() if hs else nn.ReLU6()
