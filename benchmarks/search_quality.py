@@ -1,5 +1,6 @@
 """Benchmark of search quality (issue 12): are the networks the search finds better than the
-obvious ones, on this CPU with ExecuTorch (XNNPACK), the `tiny-mnist` space and Fashion-MNIST?
+obvious ones, on this CPU with ExecuTorch (XNNPACK), the `tiny-mnist` space (or `tiny-mnist-w`, whose
+stages also choose a width: --space) and Fashion-MNIST?
 
     flock /tmp/hwnas-bench.lock .venv/bin/python benchmarks/search_quality.py [--fresh]
     .venv/bin/python benchmarks/search_quality.py --smoke      # a few minutes: checks the script only
@@ -80,7 +81,7 @@ class NetResult:
     name: str  # k3e6, k3e6 x0.5, random-3, found 0.146 ms
     family: str  # uniform | width | random | found
     key: str  # the network's key in the measurement store
-    choices: list[int] | None  # candidate index per searchable layer of tiny-mnist (None: a width-scaled space)
+    choices: list[int] | None  # the space's choices (None: a width-scaled copy of a space without widths)
     test_acc: float | None = None  # mean over seeds
     test_acc_seeds: list[float] = field(default_factory=list)
     measured_ms: float | None = None
@@ -276,9 +277,14 @@ def part_family(args, root: Path, wall: _Wall, pred) -> list[NetResult]:
         wall.add("2_uniform_family", time.perf_counter() - t0)
     for w in args.widths:
         t0 = time.perf_counter()
-        ws = load_space(str(_width_space(root, w)))
-        a = ws.arch(ws.uniform_choices("k3e6"), f"{SPACE}-uniform-k3e6-w{w:g}")
-        nets.append((a, _train_net(args, root, a, f"k3e6 x{w:g}", "width", None, None)))
+        if space.width_stages:  # the space's own stage widths: blocks profiled, predicted, inherited
+            c = space.uniform_choices("k3e6", w)
+            a = space.arch(c, f"{SPACE}-uniform-k3e6-w{w:g}")
+            nets.append((a, _train_net(args, root, a, f"k3e6 x{w:g}", "width", c, pred)))
+        else:  # a copy of the space with every width scaled (stem and first block too)
+            ws = load_space(str(_width_space(root, w)))
+            a = ws.arch(ws.uniform_choices("k3e6"), f"{SPACE}-uniform-k3e6-w{w:g}")
+            nets.append((a, _train_net(args, root, a, f"k3e6 x{w:g}", "width", None, None)))
         wall.add("2_uniform_family", time.perf_counter() - t0)
     t0 = time.perf_counter()
     out = _time_nets(args, root, nets, "uniform family")
@@ -288,7 +294,8 @@ def part_family(args, root: Path, wall: _Wall, pred) -> list[NetResult]:
 
 def random_choices(space, n: int, seed: int, exclude: list[list[int]]) -> list[list[int]]:
     """``n`` distinct networks of ``space``, each searchable layer's candidate drawn uniformly with
-    the generator seeded by ``seed``, none in ``exclude``; the first k of n are the k drawn for k."""
+    the generator seeded by ``seed`` (then, in a space with widths, each stage's width), none in
+    ``exclude``; the first k of n are the k drawn for k."""
     rng = np.random.default_rng(seed)
     seen = {tuple(c) for c in exclude}
     out: list[list[int]] = []
@@ -296,6 +303,7 @@ def random_choices(space, n: int, seed: int, exclude: list[list[int]]) -> list[l
         if len(out) == n:
             break
         c = tuple(int(rng.integers(len(space.layers[i].candidates))) for i in space.searchable)
+        c += tuple(int(rng.integers(len(space.widths))) for _ in range(space.width_stages))
         if c not in seen:
             seen.add(c)
             out.append(list(c))
@@ -306,7 +314,10 @@ def part_random(args, root: Path, wall: _Wall, pred) -> list[NetResult]:
     from profiler.spaces import load_space
 
     space = load_space(SPACE)
-    picks = random_choices(space, args.random, args.random_seed, [space.uniform_choices(op) for op in UNIFORM_OPS])
+    uniform = [space.uniform_choices(op) for op in UNIFORM_OPS]
+    if space.width_stages:
+        uniform += [space.uniform_choices("k3e6", w) for w in args.widths]
+    picks = random_choices(space, args.random, args.random_seed, uniform)
     nets = []
     for i, c in enumerate(picks):
         t0 = time.perf_counter()
@@ -333,7 +344,7 @@ def part_supernet(args, root: Path, wall: _Wall, runs: list[dict[str, Any]], net
     out: dict[str, Any] = {"supernet_of": mid["run"], "target_ms": mid["target_ms"], "train_acc_after_warmup": warm}
     if mid.get("error"):
         return dict(out, error=f"the middle target's run failed: {mid['error']}")
-    subs = [n for n in nets if n.family in ("uniform", "random") and n.choices is not None]
+    subs = [n for n in nets if n.family in ("uniform", "width", "random") and n.choices is not None]
     found = NetResult(name=f"found {mid['target_ms']:g} ms", family="found", key=mid["key"], choices=mid["choices"],
                       test_acc=mid["test_acc"], test_acc_seeds=mid["test_acc_seeds"], measured_ms=mid["measured_ms"])
     subs.append(found)
@@ -434,8 +445,6 @@ def analyse(runs: list[dict[str, Any]], family: list[NetResult], randoms: list[N
                  for r, f in zip([r for r in runs if not r.get("error")], found)]
     return {"seed_spread": spread, "family_spread": fam_spread, "found": per_found,
             "any_goal_met": any(p.get("goal") for p in per_found),
-            "verdict_wording": "the verdicts are hwnas.report.compare's, whose text calls every member 'uniform': "
-                               "against the random networks, 'uniform random-3' is the random network random-3",
             "goal": f"at least {GOAL_SPEEDUP}x faster than the fastest uniform network (kernel x expand or "
                     "width-scaled) at least as accurate as it within the seed spread, or more accurate by more than "
                     "the seed spread than every baseline (uniform, width-scaled, random) that is no slower"}
@@ -637,6 +646,11 @@ def _floats(text: str, what: str) -> list[float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--space", default="tiny-mnist", choices=("tiny-mnist", "tiny-mnist-w"),
+                    help="the search space: tiny-mnist (kernel x expand x skip per layer) or tiny-mnist-w (the same, "
+                         "and a width per stage: x0.5, x0.75, x1; the searches choose widths too, and the width-scaled "
+                         "k3e6 networks are the space's own). Default tiny-mnist; other spaces' work folders and "
+                         "results are named after them")
     ap.add_argument("--work", help="work folder: store, compile cache, run folders, per-network results (resumable; "
                                    "default runs/bench-search-quality, with --smoke runs/bench-search-quality-smoke)")
     ap.add_argument("--fresh", action="store_true", help="delete --work first (everything trained and timed again)")
@@ -678,7 +692,10 @@ def main() -> int:
         ap.error("need 0 <= --warmup-epochs < --search-epochs")
     if any(w <= 0 for w in args.widths):
         ap.error("--widths: give positive multipliers, e.g. 0.5,0.75")
-    args.work = args.work or str(ROOT / "runs" / ("bench-search-quality-smoke" if smoke else "bench-search-quality"))
+    global SPACE
+    SPACE = args.space
+    tag = "" if SPACE == "tiny-mnist" else f"-{SPACE}"
+    args.work = args.work or str(ROOT / "runs" / f"bench-search-quality{tag}{'-smoke' if smoke else ''}")
     out_dir = Path(args.out) if args.out else (Path(args.work) if smoke else ROOT / "benchmarks" / "results")
     from profiler.errors import HwnasError
 
@@ -687,7 +704,7 @@ def main() -> int:
     except HwnasError as e:  # the probe run could not reach its predictor: nothing to search with
         print(f"search_quality: {e}", file=sys.stderr)
         return 1
-    out = out_dir / f"search_quality-{res['date']}{'-smoke' if smoke else ''}.json"
+    out = out_dir / f"search_quality{tag}-{res['date']}{'-smoke' if smoke else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
     plot(res, png)

@@ -134,7 +134,7 @@ def _uniform_predictions(cfg) -> dict[str, Any]:
     from search.latency import LatencyTable
 
     pred = load_run_predictor(Run(cfg.out))
-    space = load_space(SPACE)
+    space = load_space(cfg.space)  # full width in a space with widths: the kernel x expand family
     uni = {op: pred.predict_network_ms(space.arch(space.uniform_choices(op))) for op in UNIFORM_OPS}
     table = LatencyTable.build(space, pred)
     return {"uniform_predicted_ms": uni, "space_fastest_ms": table.min_ms() + pred.overhead_ms,

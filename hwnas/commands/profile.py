@@ -94,7 +94,9 @@ def register(sub) -> None:
                    help="calls are batched so one sample lasts at least this long (milliseconds)")
     g.add_argument("--no-interference-check", action="store_true",
                    help="do not time the reference kernel between samples nor drop samples taken while another "
-                        "process had the timing core (local devices; for comparisons only)")
+                        "process had the timing core, and keep the timing threads at normal priority (the check "
+                        "runs them at real-time priority SCHED_FIFO 1 where the OS allows it); local devices; for "
+                        "comparisons only")
     g.add_argument("--quick", action="store_true", help="a fast, looser protocol for smoke runs")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=cmd_profile)
