@@ -125,8 +125,11 @@ def plot_networks(pred: dict[str, Any], measure: dict[str, Any] | None, baseline
     return _save(fig, out)
 
 
-def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path,
-                labels: list[list[str]] | None = None) -> tuple[Path | None, Path | None]:
+def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path, labels: list[list[str]] | None = None,
+                width_labels: list[list[str]] | None = None) -> tuple[Path | None, Path | None]:
+    """The search's curves, and its probabilities as a heat map: a row per searchable layer
+    (``labels``: each layer's candidates), then, in a space with widths, a row per stage
+    (``width_labels``: each stage's multipliers)."""
     log = search.get("log") or []
     curves = probs = None
     if log:
@@ -162,17 +165,27 @@ def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path,
         fig = _fig(0.8 * width + 2.5, 0.4 * len(p) + 1.5)
         ax = fig.add_subplot(1, 1, 1)
         im = ax.imshow(grid, cmap="magma", vmin=0, vmax=1, aspect="auto")
+        # a space with widths: the rows after the searchable layers are the stages' width choices
+        n_ops = len(labels) if labels and len(labels) < len(p) else len(p)
+        wlabels = (width_labels or [])[: len(p) - n_ops] if n_ops < len(p) else []
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 else "black")
+                name = f"{wlabels[i - n_ops][j]}\n" if i >= n_ops and wlabels and j < len(wlabels[i - n_ops]) else ""
+                ax.text(j, i, f"{name}{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 0.5 else "black")
         for i, c in enumerate(search.get("choices") or []):
             ax.add_patch(_rect(c - 0.5, i - 0.5, 1, 1))
-        longest = max(labels or [[]], key=len)
-        if labels and len(longest) == width and all(lab == longest[: len(lab)] for lab in labels):
+        ops = (labels or [])[:n_ops]
+        longest = max(ops or [[]], key=len)
+        if ops and len(longest) == width and all(lab == longest[: len(lab)] for lab in ops):
             ax.set_xticks(range(width), longest)
-            ax.set_xlabel("candidate (kernel k, expand ratio e; boxed: chosen)")
+            ax.set_xlabel("candidate (kernel k, expand ratio e; boxed: chosen)"
+                          + ("; width rows: stage width multiplier" if n_ops < len(p) else ""))
         else:
             ax.set_xlabel("candidate index (boxed: chosen)")
+        if n_ops < len(p):
+            ax.set_yticks(range(len(p)), [str(i) for i in range(n_ops)]
+                          + [f"stage {s} width" for s in range(len(p) - n_ops)])
         ax.set_ylabel("searchable layer")
         ax.set_title("architecture probabilities after the search", fontsize=9)
         fig.colorbar(im, ax=ax)
@@ -589,8 +602,9 @@ def _search(ctx: _Context, r: Run) -> list[str]:
                    f"The space spans {search['fastest_ms']:.4g}–{search['slowest_ms']:.4g} ms predicted.</p>")
         space = load_space(ctx.cfg["space"])
         labels = [[_op_label(c) for c in space.layers[i].candidates] for i in space.searchable]
+        widths = [[f"x{w:g}" for w in space.widths] for _ in range(space.width_stages)]
         curves, probs = plot_search(search, ctx.plots / "search_curves.png", ctx.plots / "search_probabilities.png",
-                                    labels)
+                                    labels, widths)
     sn = summary(ctx.run).get("supernet") or {}
     if sn:
         tw, ts = sn.get("train_acc_after_warmup"), sn.get("test_acc_of_found_subnet")
