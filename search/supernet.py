@@ -486,9 +486,14 @@ class Supernet(nn.Module):
                 if isinstance(cand, _SharedView):
                     cand.owner.set_active(cand.index, spec)
 
-    def sample_widths(self, gen: torch.Generator) -> list[int]:
-        """One width per stage drawn from its ``softmax(alpha)``; set. Returns the width indices."""
-        ws = [int(torch.multinomial(torch.softmax(w.alpha.detach(), 0), 1, generator=gen)) for w in self.width_choices]
+    def sample_widths(self, gen: torch.Generator, uniform: bool = False) -> list[int]:
+        """One width per stage drawn from its ``softmax(alpha)`` (``uniform``: each width equally
+        likely); set. Returns the width indices."""
+        if uniform:
+            ws = [int(torch.randint(len(self.space.widths), (1,), generator=gen)) for _ in self.width_choices]
+        else:
+            ws = [int(torch.multinomial(torch.softmax(w.alpha.detach(), 0), 1, generator=gen))
+                  for w in self.width_choices]
         self.set_widths(ws)
         return ws
 
@@ -508,15 +513,15 @@ class Supernet(nn.Module):
         return x
 
     # ---- sampling (the generator is shared and seeded, so every rank draws the same paths) --
-    def sample_paths(self, gen: torch.Generator) -> list[int]:
-        """One path per layer, drawn from ``p``, and (with width choices) one width per stage; set as
-        the active paths. Returns the choices (ops, then widths)."""
+    def sample_paths(self, gen: torch.Generator, widths: bool = True) -> list[int]:
+        """One path per layer, drawn from ``p``, and (with width choices and ``widths``) one width
+        per stage; set as the active paths. Returns the choices (ops, then any widths drawn)."""
         choices = []
         for m in self.mixed:
             c = int(torch.multinomial(m.probs.detach(), 1, generator=gen))
             m.set_path(c)
             choices.append(c)
-        if self.width_stages:
+        if self.width_stages and widths:
             choices += self.sample_widths(gen)
         return choices
 
