@@ -165,12 +165,12 @@ def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path, label
         fig = _fig(0.8 * width + 2.5, 0.4 * len(p) + 1.5)
         ax = fig.add_subplot(1, 1, 1)
         im = ax.imshow(grid, cmap="magma", vmin=0, vmax=1, aspect="auto")
-        # a space with widths: the rows after the searchable layers are the stages' width choices
-        n_ops = len(labels) if labels and len(labels) < len(p) else len(p)
-        wlabels = (width_labels or [])[: len(p) - n_ops] if n_ops < len(p) else []
+        # a space with widths: its last rows are the stages' width choices
+        wlabels = width_labels or []
+        n_ops = len(p) - len(wlabels)
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                name = f"{wlabels[i - n_ops][j]}\n" if i >= n_ops and wlabels and j < len(wlabels[i - n_ops]) else ""
+                name = f"{wlabels[i - n_ops][j]}\n" if i >= n_ops else ""
                 ax.text(j, i, f"{name}{v:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if v < 0.5 else "black")
         for i, c in enumerate(search.get("choices") or []):
@@ -180,12 +180,12 @@ def plot_search(search: dict[str, Any], out_curves: Path, out_probs: Path, label
         if ops and len(longest) == width and all(lab == longest[: len(lab)] for lab in ops):
             ax.set_xticks(range(width), longest)
             ax.set_xlabel("candidate (kernel k, expand ratio e; boxed: chosen)"
-                          + ("; width rows: stage width multiplier" if n_ops < len(p) else ""))
+                          + ("; width rows: stage width multiplier" if wlabels else ""))
         else:
             ax.set_xlabel("candidate index (boxed: chosen)")
-        if n_ops < len(p):
+        if wlabels:
             ax.set_yticks(range(len(p)), [str(i) for i in range(n_ops)]
-                          + [f"stage {s} width" for s in range(len(p) - n_ops)])
+                          + [f"stage {s} width" for s in range(len(wlabels))])
         ax.set_ylabel("searchable layer")
         ax.set_title("architecture probabilities after the search", fontsize=9)
         fig.colorbar(im, ax=ax)
