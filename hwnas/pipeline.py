@@ -384,14 +384,19 @@ def stage_predictor(run: Run, cfg: RunConfig, progress: Progress) -> tuple[Predi
     if block_eval:
         s += f"; block LOO MAPE {100 * block_eval['mape']:.1f}% (FLOPs baseline {100 * block_eval['flops_baseline']['mape']:.1f}%)"
     if net_eval:
-        s += (f"; networks: {net_eval['model']} model (x{net_eval['scale']:.3f} {net_eval['overhead_ms']:+.3f} ms)"
+        per_block = f" {1000 * net_eval['block_ms']:+.2f} us/block" if net_eval.get("block_ms") else ""
+        s += (f"; networks: {net_eval['model']} model (x{net_eval['scale']:.3f}{per_block} {net_eval['overhead_ms']:+.3f} ms)"
               + (f", LOO within 10%: {100 * net_eval['metrics_loo']['within_10pct']:.0f}%" if net_eval["metrics_loo"] else ""))
     return out, s
 
 
 def _describe(pred) -> str:
     d = pred.describe()
-    return d if pred.network_scale == 1.0 else f"{d}; in-network scale {pred.network_scale:.3f}"
+    if pred.network_scale != 1.0:
+        d += f"; in-network scale {pred.network_scale:.3f}"
+    if pred.block_overhead_ms:
+        d += f"; {1000 * pred.block_overhead_ms:+.2f} us per block in a network"
+    return d
 
 
 def load_run_predictor(run: Run):

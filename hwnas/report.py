@@ -300,7 +300,8 @@ def summary(run: Path) -> dict[str, Any]:
     if pred:
         s["predictor"] = {"model": pred["model"], "rows": pred["rows"], "overhead_ms": pred["overhead_ms"],
                           "network_model": (pred.get("networks") or {}).get("model"),
-                          "network_scale": (pred.get("networks") or {}).get("scale")}
+                          "network_scale": (pred.get("networks") or {}).get("scale"),
+                          "network_block_ms": (pred.get("networks") or {}).get("block_ms")}
         if pred.get("blocks_loo"):
             bl = pred["blocks_loo"]
             s["predictor"]["blocks_loo"] = {k: bl[k] for k in ("n", "mape", "rmspe", "within_10pct", "kendall_tau")}
@@ -562,8 +563,9 @@ def _predictor(ctx: _Context, r: Run) -> list[str]:
     if pred:
         nw = pred.get("networks") or {}
         span = f", measured {nw['range_ms'][0]:.4g}–{nw['range_ms'][1]:.4g} ms" if nw.get("range_ms") else ""
-        how = (f"network model <b>{e(nw.get('model', 'offset'))}</b>: network = {nw.get('scale', 1.0):.3f} x block sum "
-               f"{nw['overhead_ms']:+.4g} ms, chosen by leave-one-out on {nw['n']} networks timed end to end "
+        per_block = (f" {1000 * nw['block_ms']:+.3g} µs x non-zero blocks" if nw and nw.get("block_ms") else "")
+        how = (f"network model <b>{e(nw.get('model', 'offset'))}</b>: network = {nw.get('scale', 1.0):.3f} x block sum"
+               f"{per_block} {nw['overhead_ms']:+.4g} ms, chosen by leave-one-out on {nw['n']} networks timed end to end "
                f"(spread over the space's latency range{span})") if nw else "no networks timed end to end"
         out.append(f"<p>{e(pred['model'])} fitted to {pred['rows']} measured blocks; {how}.</p>")
         rows = []

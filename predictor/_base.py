@@ -45,6 +45,10 @@ class Predictor:
     #: in-network cost of a block against its cost timed alone (x); 1 unless a network model (the
     #: ``linear`` entry of `predictor.network.NETWORK_MODELS`) fitted it on whole networks
     network_scale: float = 1.0
+    #: what each non-zero block costs inside a network beyond its cost timed alone (ms, often negative:
+    #: an isolated block's timing carries a per-call cost a network pays once); 0 unless the ``block``
+    #: network model fitted it on whole networks. A block's prediction never goes below 0 ms.
+    block_overhead_ms: float = 0.0
     meta: dict[str, Any]
 
     def predict_ms(self, blocks: Sequence[BlockSpec]) -> np.ndarray:
@@ -57,7 +61,10 @@ class Predictor:
         out = np.zeros(len(blocks))
         idx = [i for i, b in enumerate(blocks) if b.kind != "zero"]
         if idx:
-            out[idx] = self.network_scale * np.asarray(self._predict_nonzero([blocks[i] for i in idx]), dtype=float)
+            alone = np.asarray(self._predict_nonzero([blocks[i] for i in idx]), dtype=float)
+            out[idx] = self.network_scale * alone
+            if self.block_overhead_ms:
+                out[idx] = np.maximum(out[idx] + self.block_overhead_ms, 0.0)
         return out
 
     def predict_network_ms(self, arch: ArchSpec | Sequence[BlockSpec]) -> float:

@@ -172,6 +172,14 @@ def score_networks(pred: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: S
     return Evaluation(_network_keys(nets), y, p, base, how, unit="network")
 
 
+_NETWORK_MODEL_WORDS = {"overhead": "overhead", "linear": "scale and overhead",
+                        "block": "per-block cost and overhead", "auto": "network model chosen by leave-one-out and",
+                        "refine": "factors per block and overhead"}
+_NETWORK_MODEL_LABELS = {"overhead": "blocks + overhead", "linear": "blocks x scale + overhead",
+                         "block": "blocks + per-block cost + overhead", "auto": "blocks + network model (auto)",
+                         "refine": "blocks refined + overhead"}
+
+
 def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float], folds: int | str = 5,
                             seed: int = 0, base: Predictor | None = None, network_model: str = "overhead") -> Evaluation:
     """Out-of-fold network predictions (ms): each network is predicted by a model fitted without it.
@@ -204,11 +212,9 @@ def cross_validate_networks(nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[
         slope, icpt = _fit_flops(mf[tr], y[tr])
         bl[te] = slope * mf[te] + icpt
     how = {"mode": "cross-validation", "folds": folds, "seed": seed,
-           "model": (f"block predictor ({base.describe()}) + overhead fitted per fold" if network_model == "overhead"
-                     else f"block predictor ({base.describe()}), factors per block and overhead fitted per fold")
+           "model": (f"block predictor ({base.describe()}), {_NETWORK_MODEL_WORDS[network_model]} fitted per fold")
            if base is not None else "per-block costs and overhead learned from the training networks (fit_networks)",
-           "label": ("blocks + overhead" if network_model == "overhead" else "blocks refined + overhead")
-           if base is not None else "network fit"}
+           "label": _NETWORK_MODEL_LABELS[network_model] if base is not None else "network fit"}
     return Evaluation(_network_keys(nets), y, pred, bl, how, unit="network")
 
 

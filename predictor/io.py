@@ -129,7 +129,8 @@ def predictor_to_dict(p: Predictor) -> dict[str, Any]:
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     meta["versions"] = _versions()
     d: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "feature_version": FEATURE_VERSION,
-                         "overhead_ms": p.overhead_ms, "network_scale": p.network_scale, "meta": meta}
+                         "overhead_ms": p.overhead_ms, "network_scale": p.network_scale,
+                         "block_overhead_ms": p.block_overhead_ms, "meta": meta}
     if isinstance(p, HybridPredictor):
         d.update(type="hybrid", table=p.table.to_dict(), regression=p.regression.to_dict())
     elif isinstance(p, LookupTable):
@@ -194,8 +195,13 @@ def predictor_from_dict(d: Any, source: str = "predictor") -> Predictor:
     if not _finite_number(scale) or not scale > 0:
         raise PredictorError(f"{source}: network_scale must be a positive number, got {scale!r}; fit it again "
                              "with `hwnas fit`")
+    per_block = d.get("block_overhead_ms", 0.0)
+    if not _finite_number(per_block):
+        raise PredictorError(f"{source}: block_overhead_ms must be a finite number of ms, got {per_block!r}; fit it "
+                             "again with `hwnas fit`")
     p = _predictor_from_dict(d, source)
     p.network_scale = float(scale)
+    p.block_overhead_ms = float(per_block)
     return p
 
 

@@ -39,13 +39,15 @@ from predictor.lut import Entry, HybridPredictor, LookupTable
 from predictor.regression import _LINEAR_COLUMNS, RegressionPredictor
 from profiler.blocks import BlockSpec, unique
 
-__all__ = ["NETWORK_MODELS", "NetworkFit", "choose_network_model", "fit_linear", "fit_network_model", "fit_networks",
+__all__ = ["AUTO_MODELS", "NETWORK_MODELS", "NetworkFit", "choose_network_model", "fit_linear", "fit_network_model", "fit_networks",
            "fit_overhead", "fit_refined"]
 
 #: how a block predictor is combined with whole-network measurements (`hwnas fit --network-model`):
 #: ``overhead`` y = sum + c; ``linear`` y = a sum + c (a: in-network cost against alone, 4+ networks);
-#: ``auto`` the better of the two by leave-one-out; ``refine`` a factor per block (see the module doc)
-NETWORK_MODELS = ("overhead", "linear", "auto", "refine")
+#: ``block`` y = sum + d k + c (d: what each of the network's k non-zero blocks costs in a network beyond
+#: its isolated timing, 4+ networks with different k); ``auto`` the best of those and ``linear-block``
+#: by leave-one-out; ``refine`` a factor per block (see the module doc)
+NETWORK_MODELS = ("overhead", "linear", "block", "auto", "refine")
 
 #: ``linear`` has two parameters; with fewer networks its leave-one-out score means nothing
 MIN_LINEAR_NETWORKS = 4
@@ -106,10 +108,41 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(a), float(c)
 
 
+#: a model with more parameters must beat the chosen one's leave-one-out MAPE by this much too (a fraction:
+#: 0.1 point), so that a fit already exact is not replaced by one that is exact with an extra parameter
+MIN_GAIN = 1e-3
+
+#: the network models `choose_network_model` can fit, simplest first, as (uses a scale, uses a per-block term):
+#: ``overhead`` y = sum + c; ``linear`` y = a sum + c; ``block`` y = sum + d k + c (k: the network's
+#: non-zero blocks); ``linear-block`` y = a sum + d k + c
+_FORMS = {"overhead": (False, False), "linear": (True, False), "block": (False, True), "linear-block": (True, True)}
+
+
+def _solve(kind: str, sums: np.ndarray, counts: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
+    """(a, d, c) of network model ``kind`` by least squares on relative residuals; None when the networks
+    cannot pin its parameters down (too few, or every network has the same number of blocks)."""
+    scaled, per_block = _FORMS[kind]
+    cols = ([sums] if scaled else []) + ([counts] if per_block else []) + [np.ones_like(y)]
+    x = np.column_stack(cols)
+    if len(y) <= x.shape[1] or np.linalg.matrix_rank(x / y[:, None]) < x.shape[1]:
+        return None
+    rhs = y - (0.0 if scaled else sums)
+    sol, *_ = np.linalg.lstsq(x / y[:, None], rhs / y, rcond=None)
+    sol = list(sol)
+    a = sol.pop(0) if scaled else 1.0
+    d = sol.pop(0) if per_block else 0.0
+    return float(a), float(d), float(sol[0])
+
+
 def _offset(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """y = x + c, c fitted on relative residuals (a weighted mean of y - x, weights 1 / y^2)."""
     w = 1.0 / y ** 2
     return 1.0, float(np.sum(w * (y - x)) / np.sum(w))
+
+
+def nonzero_counts(nets: Sequence[Sequence[BlockSpec]]) -> np.ndarray:
+    """How many non-zero blocks (what the per-block term is paid for) each network has."""
+    return np.array([sum(1 for b in n if b.kind != "zero") for n in nets], dtype=float)
 
 
 @dataclass(frozen=True)
@@ -117,7 +150,7 @@ class NetworkFit:
     """A network model chosen on whole-network measurements, and how it does on networks it was not
     fitted on (leave-one-out). Latencies in ms, one entry per network."""
 
-    model: str  # overhead | linear
+    model: str  # one of _FORMS
     scale: float  # network_scale of the chosen model (x)
     overhead_ms: float
     block_sum_ms: list[float]  # the block predictor's plain sums
@@ -125,7 +158,8 @@ class NetworkFit:
     predicted_loo_ms: list[float]  # each network predicted by the model fitted on the others
     metrics_block_sum: dict[str, float]
     metrics_loo: dict[str, float] | None  # None with a single network
-    candidates: dict[str, dict[str, Any]]  # every model tried: scale, overhead_ms, metrics_loo
+    candidates: dict[str, dict[str, Any]]  # every model tried: scale, block_ms, overhead_ms, metrics_loo
+    block_ms: float = 0.0  # the per-block term (ms per non-zero block) of the chosen model
 
     @property
     def range_ms(self) -> tuple[float, float]:
@@ -136,51 +170,73 @@ class NetworkFit:
         return dict(asdict(self), n=len(self.measured_ms), range_ms=list(self.range_ms))
 
 
+#: what `choose_network_model` tries unless told otherwise
+AUTO_MODELS = tuple(_FORMS)
+
+
 def choose_network_model(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Sequence[float],
-                         models: Sequence[str] = ("overhead", "linear")) -> tuple[Predictor, NetworkFit]:
-    """Fit each of ``models`` (overhead, linear) on the networks' relative errors, score each by leave-one-out, and
-    return the chosen predictor: linear only where its leave-one-out MAPE is below 0.9x the
-    overhead model's (the simpler model wins ties and small sets), with the record of the choice.
+                         models: Sequence[str] = AUTO_MODELS) -> tuple[Predictor, NetworkFit]:
+    """Fit each of ``models`` (`_FORMS`, simplest first) on the networks' relative errors, score each by
+    leave-one-out, and return the chosen predictor with the record of the choice. A model with more
+    parameters replaces the one chosen so far only where its leave-one-out MAPE is below 0.9x that
+    one's and at least `MIN_GAIN` lower: the simpler model wins ties and small sets. A model needs two networks more than its
+    parameters; ``block`` also networks that differ in their number of blocks.
     """
     from predictor._metrics import metrics
 
     y = _check(nets, y_ms)
     sums = np.array([float(np.sum(base.predict_ms(n))) for n in nets])
+    counts = nonzero_counts(nets)
     n = len(y)
-    fitters = {"overhead": _offset, "linear": _line}
     tried: dict[str, dict[str, Any]] = {}
     for kind in models:
-        if kind not in fitters:
-            raise PredictorError(f"unknown network model {kind!r} to choose from; known: overhead, linear")
-        if kind == "linear" and n < MIN_LINEAR_NETWORKS:
-            continue
+        if kind not in _FORMS:
+            raise PredictorError(f"unknown network model {kind!r} to choose from; known: {', '.join(_FORMS)}")
+        if kind == "overhead":  # one parameter: fits from any 2 networks (its LOO from 1)
+            a, c = _offset(sums, y)
+            sol: tuple[float, float, float] | None = (a, 0.0, c)
+        elif n < sum(_FORMS[kind]) + 3:  # two networks more than its parameters: each LOO fold is still overdetermined
+            sol = None
+        else:
+            sol = _solve(kind, sums, counts, y)
+        if sol is None or not sol[0] > 0:
+            continue  # not enough networks, no spread in block counts, or a flat or falling line
         loo = np.full(n, np.nan)
-        if n > 1:
-            for i in range(n):
-                keep = np.arange(n) != i
-                a, c = fitters[kind](sums[keep], y[keep])
-                loo[i] = a * sums[i] + c
-        a, c = fitters[kind](sums, y)
-        if kind == "linear" and not a > 0:
-            continue  # a flat or falling line: the networks span too little latency to fit a slope
-        tried[kind] = {"scale": a, "overhead_ms": c, "predicted_loo_ms": loo,
-                       "metrics_loo": metrics(y, loo) if n > 1 else None}
+        for i in range(n):
+            keep = np.arange(n) != i
+            if kind == "overhead":
+                a_i, c_i = _offset(sums[keep], y[keep])
+                f = (a_i, 0.0, c_i)
+            else:
+                f = _solve(kind, sums[keep], counts[keep], y[keep]) or (np.nan, np.nan, np.nan)
+            loo[i] = f[0] * sums[i] + f[1] * counts[i] + f[2]
+        ok = bool(np.all(np.isfinite(loo)))
+        tried[kind] = {"scale": sol[0], "block_ms": sol[1], "overhead_ms": sol[2], "predicted_loo_ms": loo,
+                       "metrics_loo": metrics(y, loo) if ok else None}
     if not tried:
-        raise PredictorError(f"no network model could be fitted to {n} networks")
+        raise PredictorError(f"no network model of {', '.join(models)} could be fitted to {n} networks: a model needs "
+                             "two networks more than its parameters, and `block` networks with different numbers "
+                             "of blocks; time more networks or use the overhead model")
     kind = next(iter(tried))
     for k, v in tried.items():
-        if v["metrics_loo"] and tried[kind]["metrics_loo"] and v["metrics_loo"]["mape"] < 0.9 * tried[kind]["metrics_loo"]["mape"]:
-            kind = k
+        if v["metrics_loo"] and tried[kind]["metrics_loo"]:
+            now, new = tried[kind]["metrics_loo"]["mape"], v["metrics_loo"]["mape"]
+            if new < 0.9 * now and now - new > MIN_GAIN:
+                kind = k
     ch = tried[kind]
     pred = copy.copy(base)
     pred.network_scale = float(base.network_scale * ch["scale"])
+    pred.block_overhead_ms = float(base.block_overhead_ms * ch["scale"] + ch["block_ms"])
     pred.overhead_ms = float(ch["overhead_ms"])
-    pred.meta = dict(base.meta, network_model=kind, network_scale=pred.network_scale, overhead_from_networks=len(y),
-                     overhead_residual_rms_ms=float(np.sqrt(np.mean((ch["scale"] * sums + ch["overhead_ms"] - y) ** 2))))
+    resid = ch["scale"] * sums + ch["block_ms"] * counts + ch["overhead_ms"] - y
+    pred.meta = dict(base.meta, network_model=kind, network_scale=pred.network_scale,
+                     block_overhead_ms=pred.block_overhead_ms, overhead_from_networks=len(y),
+                     overhead_residual_rms_ms=float(np.sqrt(np.mean(resid ** 2))))
     fit = NetworkFit(kind, float(pred.network_scale), float(pred.overhead_ms), sums.tolist(), y.tolist(),
                      ch["predicted_loo_ms"].tolist(), metrics(y, sums), ch["metrics_loo"],
-                     {k: {"scale": v["scale"], "overhead_ms": v["overhead_ms"], "metrics_loo": v["metrics_loo"]}
-                      for k, v in tried.items()})
+                     {k: {"scale": v["scale"], "block_ms": v["block_ms"], "overhead_ms": v["overhead_ms"],
+                          "metrics_loo": v["metrics_loo"]} for k, v in tried.items()},
+                     block_ms=float(pred.block_overhead_ms))
     return pred, fit
 
 
@@ -272,6 +328,9 @@ def fit_network_model(base: Predictor | None, nets: Sequence[Sequence[BlockSpec]
         return fit_linear(base, nets, y_ms)
     if model == "auto":
         return choose_network_model(base, nets, y_ms)[0]
+    if model == "block":
+        pred, fit = choose_network_model(base, nets, y_ms, models=("block",))
+        return pred
     return fit_overhead(base, nets, y_ms)
 
 

@@ -16,9 +16,10 @@ def _space_table(seed=0):
     return space, ms, LookupTable(ms)
 
 
-def _networks(space, ms, n, scale, overhead, seed=0):
-    archs = [a for _, a in space.spanning_archs(ms, n, seed=seed)]
-    y = [scale * sum(ms.get(b.key, 0.0) for b in a.blocks) + overhead for a in archs]
+def _networks(space, ms, n, scale, overhead, seed=0, per_block=0.0, exclude=()):
+    archs = [a for _, a in space.spanning_archs(ms, n, seed=seed, exclude=exclude)]
+    y = [scale * sum(ms.get(b.key, 0.0) for b in a.blocks) + per_block * sum(b.kind != "zero" for b in a.blocks)
+         + overhead for a in archs]
     return [list(a.blocks) for a in archs], y
 
 
@@ -50,7 +51,7 @@ def test_auto_chooses_linear_only_when_it_predicts_held_out_networks_better():
     nets, y = _networks(space, ms, 8, scale=1.3, overhead=0.05)
     pred, fit = choose_network_model(table, nets, y)
     assert fit.model == "linear" and fit.metrics_loo["mape"] < 1e-6
-    assert set(fit.candidates) == {"overhead", "linear"}
+    assert set(fit.candidates) == {"overhead", "linear", "block", "linear-block"}
     assert fit.range_ms == (min(y), max(y))
     # blocks that cost the same in a network as alone: the simpler offset model is kept
     nets, y = _networks(space, ms, 8, scale=1.0, overhead=0.02)
@@ -95,3 +96,47 @@ def test_calibration_networks_span_the_space_and_leave_out_the_baselines():
     assert np.log(sums[0] / lo) < 0.15 * span and np.log(hi / sums[-1]) < 0.15 * span
     assert max(np.diff(np.log(sums))) < 0.25 * span
     assert space.spanning_archs(ms, 10, seed=1, exclude=base) == picked  # deterministic
+
+
+def test_a_per_block_cost_is_found_and_predicts_the_held_out_uniform_networks(tmp_path):
+    """Each block timed alone carries a per-call cost a network pays once (here 4 us per block): the
+    ``block`` model finds it on networks with skipped layers and predicts the uniform networks, which
+    skip none and were not fitted on, where a plain offset misses them."""
+    space, ms, table = _space_table(seed=2)
+    uniform = [space.arch(space.uniform_choices(op)) for op in ("k3e3", "k3e6", "k5e6")]
+    nets, y = _networks(space, ms, 10, scale=1.0, overhead=0.03, per_block=-0.004,
+                        exclude=[a.key for a in uniform])
+    assert len({sum(b.kind != "zero" for b in n) for n in nets}) > 2  # the networks differ in block count
+    pred, fit = choose_network_model(table, nets, y)
+    assert fit.model == "block" and fit.block_ms == pytest.approx(-0.004) and pred.overhead_ms == pytest.approx(0.03)
+    offset, _ = choose_network_model(table, nets, y, models=("overhead",))
+    for a in uniform:
+        true = sum(ms[b.key] for b in a.blocks if b.kind != "zero") - 0.004 * len(a.blocks) + 0.03
+        assert pred.predict_network_ms(a) == pytest.approx(true, rel=1e-6)
+        assert abs(offset.predict_network_ms(a) - true) > 1e-3  # the offset alone cannot see it
+    back = load_predictor(save_predictor(pred, tmp_path / "p.json"))  # the term is saved with the predictor
+    assert back.block_overhead_ms == pytest.approx(-0.004)
+    assert [back.predict_network_ms(n) for n in nets] == pytest.approx(y)
+    assert fit_network_model(table, nets, y, "block").block_overhead_ms == pytest.approx(-0.004)
+    assert table.block_overhead_ms == 0.0  # the base is not changed
+
+
+def test_the_block_model_needs_networks_that_differ_in_block_count():
+    space, ms, table = _space_table()
+    full = [op for op in ("k3e3", "k3e6", "k5e3", "k5e6", "k7e3", "k7e6")]
+    nets = [list(space.arch(space.uniform_choices(op)).blocks) for op in full]
+    y = [sum(ms[b.key] for b in n if b.kind != "zero") - 0.002 * len(n) for n in nets]
+    _, fit = choose_network_model(table, nets, y)
+    assert "block" not in fit.candidates and "linear-block" not in fit.candidates
+    with pytest.raises(PredictorError, match="different numbers of blocks"):
+        fit_network_model(table, nets, y, "block")
+
+
+def test_a_negative_per_block_term_never_makes_a_block_negative():
+    space, ms, table = _space_table()
+    import copy
+
+    p = copy.copy(table)
+    p.block_overhead_ms = -1.0  # far more than any block costs
+    out = p.predict_ms(list(space.blocks()))
+    assert np.all(out >= 0.0)

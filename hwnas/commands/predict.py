@@ -38,7 +38,10 @@ def register(sub) -> None:
     p.add_argument("--folds", default="5", help="cross-validation folds for choosing the family (count, or loo)")
     p.add_argument("--network-model", default="overhead", choices=NETWORK_MODELS,
                    help="with --networks and --db/--lut: overhead fits one per-network constant (ms) on top of "
-                        "the block predictor; refine also learns a factor per block (its cost inside networks "
+                        "the block predictor; linear also a scale (x) on the block sum; block also a cost per "
+                        "non-zero block (ms: what a block timed alone pays per call and a network pays once; "
+                        "needs networks with different numbers of blocks); auto the best of these by "
+                        "leave-one-out; refine learns a factor per block (its cost inside networks "
                         "against alone), shrunk toward 1 by a ridge chosen by 5-fold CV on the networks")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the tree ensembles")
     p.add_argument("--out", required=True, help="predictor file to write (.json)")
