@@ -210,7 +210,9 @@ class SearchSpace:
         ``n`` log-spaced latencies is kept. Networks with the blocks of a key in ``exclude``, whatever
         its name (the uniform baselines, which check the model out of sample), are never chosen.
         Blocks without a number are never drawn. In a space with widths the stage widths are drawn
-        too, with probabilities ~ multiplier^-t, and the choice lists hold them after the ops.
+        too, with probabilities ~ multiplier^-t, and the choice lists hold them after the ops. Every other
+        draw skips no layer, and near each latency the deepest and the shallowest networks alternate, so
+        that the number of blocks varies independently of latency (see `predictor.network`'s ``block`` model).
         """
         rng = np.random.default_rng(seed)
 
@@ -235,13 +237,16 @@ class SearchSpace:
         # by the blocks' digest, not the whole key: a key also holds the network's name, and the
         # baselines are named ("...-uniform-k3e3") where these draws are not
         excluded = {_blocks_id(k) for k in exclude}
-        seen: dict[str, tuple[float, list[int]]] = {}
-        for t in np.linspace(-3.0, 3.0, pool):
+        zero = [np.array([c.kind == "zero" for c in self.layers[i].candidates]) for i in self.searchable]
+        seen: dict[str, tuple[float, list[int], int]] = {}
+        for d, t in enumerate(np.linspace(-3.0, 3.0, pool)):
             ws = [int(rng.choice(len(chans), p=chans ** -t / (chans ** -t).sum())) for _ in range(nw)]
             choices = []
-            for i, by_pair in zip(self.searchable, ms):
+            for i, by_pair, z in zip(self.searchable, ms, zero):
                 m = by_pair[pair(self.layers[i], ws)]
                 ok = np.isfinite(m)
+                if d % 2 and (ok & ~z).any():
+                    ok &= ~z  # every other draw skips no layer: fast networks at full depth exist too
                 w = np.where(ok, np.maximum(m, 1e-3 * np.nanmax(m) + 1e-9), 1.0) ** -t * ok
                 choices.append(int(rng.choice(len(m), p=w / w.sum())))
             key = self.arch(choices + ws).key
@@ -249,7 +254,8 @@ class SearchSpace:
                 fixed = sum(float(block_ms.get(self.layer_candidates(layer, ws)[0].key, 0.0)) for layer in fixed_layers)
                 lat = fixed + float(sum(by_pair[pair(self.layers[i], ws)][c]
                                         for i, by_pair, c in zip(self.searchable, ms, choices)))
-                seen[key] = (lat, choices + ws)
+                depth = sum(1 for c, z in zip(choices, zero) if not z[c])
+                seen[key] = (lat, choices + ws, depth)
         ordered = sorted(seen.values())
         if not ordered or n <= 0:
             return []
@@ -257,14 +263,23 @@ class SearchSpace:
         picked: list[tuple[list[int], ArchSpec]] = []
         used: set[int] = set()
         sums = np.array([v[0] for v in ordered])
+        depths = np.array([v[2] for v in ordered])
         # evenly on a log scale: the space spans 20x and more, and what matters is the relative error
-        for target in np.geomspace(lo, hi, n) if lo > 0 else np.linspace(lo, hi, n):
-            for j in np.argsort(np.abs(sums - target)):
-                if int(j) not in used:
-                    used.add(int(j))
-                    choices = ordered[int(j)][1]
-                    picked.append((choices, self.arch(choices, f"{self.name}-calibration")))
-                    break
+        targets = np.geomspace(lo, hi, n) if lo > 0 else np.linspace(lo, hi, n)
+        half_step = 0.5 * (np.log(hi / lo) / max(n - 1, 1)) if lo > 0 else 0.0
+        for k, target in enumerate(targets):
+            order = [int(j) for j in np.argsort(np.abs(sums - target)) if int(j) not in used]
+            if not order:
+                break
+            # among the networks within half a step of this latency, alternately the deepest and the
+            # shallowest: depth then varies at every latency, so a network model can tell a per-block cost
+            # from a per-millisecond one (with depth following latency, the two cannot be told apart)
+            near = [j for j in order if lo > 0 and abs(np.log(sums[j] / target)) <= half_step] or order[:1]
+            j = (max if k % 2 == 0 else min)(near, key=lambda j: (depths[j], -abs(sums[j] - target))
+                                             if k % 2 == 0 else (depths[j], abs(sums[j] - target)))
+            used.add(j)
+            choices = ordered[j][1]
+            picked.append((choices, self.arch(choices, f"{self.name}-calibration")))
         return picked
 
     def size(self) -> int:

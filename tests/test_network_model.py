@@ -140,3 +140,19 @@ def test_a_negative_per_block_term_never_makes_a_block_negative():
     p.block_overhead_ms = -1.0  # far more than any block costs
     out = p.predict_ms(list(space.blocks()))
     assert np.all(out >= 0.0)
+
+
+def test_calibration_networks_vary_in_depth_at_every_latency():
+    """Fast networks drawn by latency alone skip layers and slow ones skip none, so a per-block cost and a
+    per-millisecond one cannot be told apart; the calibration set holds full-depth fast networks and
+    shallow slow ones too."""
+    space, ms, _ = _space_table(seed=3)
+    picked = [a for _, a in space.spanning_archs(ms, 10, seed=1)]
+    depth = np.array([sum(b.kind != "zero" for b in a.blocks) for a in picked])
+    lat = np.array([sum(ms.get(b.key, 0.0) for b in a.blocks) for a in picked])
+    fast = np.argsort(lat)[:5]
+    slow = np.argsort(lat)[5:]
+    full = len(picked[0].blocks)
+    assert depth[fast].max() == full  # a fast network that skips nothing
+    assert depth[fast].min() < full and depth[slow].min() < full  # and ones that skip, at both ends
+    assert abs(np.corrcoef(depth, np.log(lat))[0, 1]) < 0.75  # 0.85 when drawn by latency alone
