@@ -64,6 +64,7 @@ class RunConfig:
     calibrate: int = 10  # networks spanning the space's latency range, timed end to end for the network model (count)
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
     weights: str = "shared"  # supernet candidates: shared (superkernel + elastic expand) or separate (ProxylessNAS)
+    weight_paths: str = "one"  # one: each weight step trains a sampled path; sandwich: also the largest and smallest
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps
     loss: str = "abs"  # abs: CE + weight * |LAT / T - 1| (TuNAS), the target steers a short search; see search.latency
@@ -122,6 +123,10 @@ class RunConfig:
 
         if self.weights not in WEIGHTS:
             raise RunError(f"--weights {self.weights}: use one of {', '.join(WEIGHTS)}")
+        from search.supernet import WEIGHT_PATHS
+
+        if self.weight_paths not in WEIGHT_PATHS:
+            raise RunError(f"--weight-paths {self.weight_paths}: use one of {', '.join(WEIGHT_PATHS)}")
         if not self.lat_temperature > 0:
             raise RunError("--lat-temperature must be positive")
         for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every", "seeds"):
@@ -422,6 +427,7 @@ def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[SearchSt
     scfg = SearchConfig(space=cfg.space, data=cfg.data, out=str(out), epochs=cfg.search_epochs,
                         warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
                         arch_every=cfg.arch_every, lr=cfg.search_lr, weights=cfg.weights,
+                        weight_paths=cfg.weight_paths,
                         loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, weight=cfg.weight,
                         lat_temperature=cfg.lat_temperature, target_ms=target, seed=cfg.seed,
                         limit=cfg.limit, predictor=str(run.path(PREDICTOR_FILE)), threads=_train_threads(cfg))

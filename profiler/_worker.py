@@ -186,6 +186,7 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
     env_before = env_snapshot(cores)
     if not remote:
         env_before["memory"] = memory_env()
+        env_before["worker_pid"] = os.getpid()
 
     # warm-up: caches, lazy allocations, the runtime's first-call paths; never timed
     n, t_warm0, last = 0, time.perf_counter(), []
@@ -411,6 +412,10 @@ class TimingWorker:
         """Peak fp32 GFLOP/s of the worker's cores (a large matrix product)."""
         r = self.call({"op": "peak"}, timeout_s)
         return Peak(float(r["gflops"]), str(r["method"]))
+
+    def restart(self) -> None:
+        """End the worker process; the next request starts a fresh one (new address space, new placement)."""
+        self.close()
 
     def _kill(self) -> None:
         if self._proc is not None:

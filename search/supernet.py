@@ -63,6 +63,9 @@ __all__ = ["MixedOp", "Supernet", "SharedMBConv", "SlicedConv", "MODES", "WEIGHT
 
 MODES = ("binary", "reinforce", "all")
 WEIGHTS = ("separate", "shared")
+#: what a weight step trains: ``one`` path sampled from p (ProxylessNAS); ``sandwich`` also the largest and
+#: the smallest network of the space, their gradients summed (BigNAS's sandwich rule, as in Once-for-All)
+WEIGHT_PATHS = ("one", "sandwich")
 
 
 class _BinaryGateFn(torch.autograd.Function):

@@ -45,7 +45,7 @@ from profiler.blocks import ArchSpec
 from profiler.spaces import load_space
 from search.data import load_data
 from search.latency import LOSSES, LatencyPredictor, LatencyTable, SearchError, check_target, latency_loss
-from search.supernet import MODES, WEIGHTS, Supernet
+from search.supernet import MODES, WEIGHT_PATHS, WEIGHTS, Supernet
 
 __all__ = ["SearchConfig", "SearchProgress", "run_search", "train_arch", "inherited_accuracy", "CHECKPOINT"]
 
@@ -71,6 +71,7 @@ class SearchConfig:
     arch_every: int = 5  # weight steps per architecture step
     mode: str = "binary"  # binary | reinforce | all
     weights: str = "separate"  # separate (ProxylessNAS) | shared (superkernel + elastic expand; see search.supernet)
+    weight_paths: str = "one"  # one | sandwich: each weight step also trains the largest and smallest network
     loss: str = "add"  # add | mul
     lam: float = 0.1  # additive loss weight, 1/ms
     beta: float = 0.3  # multiplicative loss exponent
@@ -108,6 +109,10 @@ class SearchConfig:
             raise SearchError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
         if self.weights not in WEIGHTS:
             raise SearchError(f"unknown weights {self.weights!r}; known: {', '.join(WEIGHTS)}")
+        if self.weight_paths not in WEIGHT_PATHS:
+            raise SearchError(f"--weight-paths {self.weight_paths}: use one of {', '.join(WEIGHT_PATHS)}")
+        if self.weight_paths == "sandwich" and self.mode == "all":
+            raise SearchError("--weight-paths sandwich samples paths; the all-paths mode runs every path already")
         if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise SearchError("need epochs >= 1 and 0 <= warmup epochs <= epochs")
         if not self.lat_temperature > 0:
@@ -350,6 +355,7 @@ class _Search:
     baseline: float | None = None  # REINFORCE's moving average of the reward
     width_baseline: float | None = None  # moving average of the arch-step loss: the width logits' score-function baseline
     log: list[dict[str, Any]] = field(default_factory=list)
+    sandwich: list[list[int]] = field(default_factory=list)  # the largest and smallest networks' choices, if trained
     start: int = 0  # the first epoch this call runs
     resumed_from: int | None = None
 
@@ -415,6 +421,8 @@ def _setup(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool, progres
         s.width_baseline = ck.get("width_baseline")
         progress.message(f"resuming {out} after epoch {s.start - 1} of {cfg.epochs}")
     s.resumed_from = s.start if resume and s.start > 0 else None
+    if cfg.weight_paths == "sandwich":
+        s.sandwich = sandwich_ends(space, table)
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -444,10 +452,19 @@ def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
         if net.width_stages:
             # each stage's width drawn uniformly, not from p (see the module's docstring)
             net.sample_widths(s.gen, uniform=True)
-        logits = s.model(x)
-        loss = F.cross_entropy(logits, y)
         s.w_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # the sampled path, then (sandwich) the largest and the smallest network: gradients summed, and
+        # under DDP reduced once, by the last backward
+        paths: list[list[int] | None] = [None, *s.sandwich]
+        for k, ends in enumerate(paths):
+            quiet = k < len(paths) - 1 and d.world > 1
+            with (s.model.no_sync() if quiet else contextlib.nullcontext()), \
+                    (net.fixed_paths(ends) if ends else contextlib.nullcontext()):
+                out = s.model(x)
+                step_loss = F.cross_entropy(out, y)
+                step_loss.backward()
+            if k == 0:
+                logits, loss = out, step_loss
         s.w_opt.step()
         s.sched.step()
         for a in alphas:
@@ -483,6 +500,22 @@ def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
             "arch_loss": round(sums["arch_loss"] / sums["arch_steps"], 5) if sums["arch_steps"] else None,
             "lr": round(s.sched.get_last_lr()[0], 6), "choices": choices,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def sandwich_ends(space, table: LatencyTable) -> list[list[int]]:
+    """The choices of the space's largest and smallest networks (BigNAS's sandwich rule): every stage
+    at its widest (narrowest) width and each layer at its slowest (fastest) candidate by ``table``,
+    never the zero op (a skipped layer trains nothing)."""
+    ends = []
+    for pick, wi in ((max, len(space.widths) - 1), (min, 0)):
+        ws = [wi] * space.width_stages
+        sub = table.at_widths(ws)
+        ops = []
+        for i, lat in zip(space.searchable, sub.layers):
+            real = [j for j, c in enumerate(space.layers[i].candidates) if c.kind != "zero"]
+            ops.append(pick(real, key=lambda j: float(lat[j])))
+        ends.append(ops + ws)
+    return ends
 
 
 def accuracy_text(row: dict[str, Any]) -> str:

@@ -201,3 +201,39 @@ def test_more_threads_than_cores_is_refused_before_anything_is_stored(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--threads 10000" in lines[0] and f"--threads {n} or fewer" in lines[0]
     assert not db.exists()
+
+
+def test_each_block_is_timed_in_two_processes_and_the_faster_is_kept(tmp_path, cache_dir):
+    """By default a block is timed in two fresh timing processes; the row keeps the one with the lower
+    median and records both medians and the two processes' ids."""
+    db = tmp_path / "p.db"
+    r = profile(TINY[:2], "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir)
+    assert r.process_passes == 2
+    with Store(db) as st:
+        df = st.dataframe()
+    for row in df.itertuples():
+        proc = row.env_after["processes"]
+        assert len(proc["median_ms"]) == 2 and len(set(proc["pid"])) == 2  # two different processes
+        assert row.median_ms == pytest.approx(min(proc["median_ms"]))
+        assert proc["median_ms"][proc["kept"]] == pytest.approx(row.median_ms)
+    one = profile(TINY[:1], "torch", tmp_path / "one.db", protocol=TimingProtocol.quick(), cache_dir=cache_dir,
+                  processes=1)
+    assert one.process_passes == 1 and "processes" not in one.measured[0].env_after
+
+
+def test_keep_better_prefers_a_trusted_timing_then_the_lower_median():
+    from profiler.harness import keep_better
+    from profiler.measurement import Config, Measurement
+
+    cfg = Config("local", "h", "torch", "{}", 1, "0")
+
+    def m(med, flags=(), pid=1):
+        return Measurement("k", cfg, "ok", stats={"median_ms": med}, flags=list(flags), env_before={"worker_pid": pid})
+
+    k = keep_better(m(1.0, pid=1), m(0.9, pid=2))
+    assert k.median_ms == 0.9 and k.env_after["processes"] == {"median_ms": [1.0, 0.9], "kept": 1, "pid": [1, 2]}
+    k = keep_better(m(1.0), m(0.5, flags=["interference"], pid=2))  # faster, but taken under interference
+    assert k.median_ms == 1.0 and k.env_after["processes"]["kept"] == 0
+    k = keep_better(k, None, "crash: the timing worker died")  # a third process crashed: the row stays
+    assert k.median_ms == 1.0 and k.env_after["processes"]["median_ms"] == [1.0, 0.5, None]
+    assert k.env_after["processes"]["errors"] == ["crash: the timing worker died"]

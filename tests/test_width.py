@@ -360,3 +360,37 @@ def test_weight_steps_train_every_width_even_when_p_leans_to_one(tmp_path):
     moved = (conv.weight.detach() - before).abs().mean(dim=(0, 2, 3))
     shared, widest = float(moved[:32].mean()), float(moved[48:].mean())
     assert shared > 0 and widest > 0.2 * shared, (shared, widest)
+
+
+def test_the_sandwich_trains_the_largest_network_even_when_p_leans_to_the_smallest(tmp_path):
+    """--weight-paths sandwich: each weight step also trains the space's largest network (k7e6 at full
+    width) and its smallest (k3e3 at x0.5). With p pinned to k3e3, the outer ring of the 7x7
+    superkernel (only k7 uses it) moves only with the sandwich."""
+    from search.supernet import SharedMBConv
+    from search.train import SearchConfig, SearchProgress, _epoch, _setup, sandwich_ends
+
+    def ring_moved(paths):
+        cfg = SearchConfig(space=SPACE, data="digits", out=str(tmp_path / paths), epochs=2, warmup_epochs=1,
+                           batch_size=32, limit=200, weights="shared", loss="hinge", target_ms=1e3,
+                           weight_paths=paths)
+        s = _setup(cfg, FlopsMs(), False, SearchProgress())
+        with torch.no_grad():
+            for m in s.net.mixed:
+                m.alpha.fill_(-20.0)
+                m.alpha[0] = 20.0  # p(candidate 0: k3e3) = 1
+        conv = next(m for m in s.net.modules() if isinstance(m, SharedMBConv)).depthwise
+        before = conv.weight.detach().clone()
+        _epoch(s, 0, SearchProgress())
+        moved = (conv.weight.detach() - before).abs()
+        ring = moved.clone()
+        ring[:, :, 1:6, 1:6] = 0.0
+        return s, float(ring.sum())
+
+    s, with_sandwich = ring_moved("sandwich")
+    space = load_space(SPACE)
+    largest, smallest = sandwich_ends(space, s.table)
+    assert largest[7:] == [2, 2, 2] and smallest[7:] == [0, 0, 0]
+    assert all(space.layers[i].candidates[c].kernel == 7 for i, c in zip(space.searchable, largest[:7]))
+    assert all(space.layers[i].candidates[c].kind != "zero" for i, c in zip(space.searchable, smallest[:7]))
+    _, without = ring_moved("one")
+    assert with_sandwich > 0 and without < 1e-3 * with_sandwich, (with_sandwich, without)

@@ -81,6 +81,11 @@ def register(sub) -> None:
                    help="time a block whose row is flagged busy, interference or unconverged (stored, or just "
                         "taken) up to N more times, after waiting briefly for the timing cores to be quiet; "
                         "0: leave flagged rows as they are (count)")
+    p.add_argument("--processes", type=int, default=2, metavar="N",
+                   help="time each block in N fresh timing processes on this host and keep the fastest "
+                        "process's samples (a block's time shifts as a whole from one process to the next: "
+                        "where its buffers land in the caches); every process's median is stored with the "
+                        "row (count; 1: one process, half the timing time)")
     p.add_argument("--limit", type=int, help="profile only the first N blocks of the space (count)")
     _adb_args(p, runner=True)
     g = p.add_argument_group("timing protocol")
@@ -378,6 +383,8 @@ def cmd_profile(args) -> int:
         raise UserError("--threads must be at least 1")
     if args.retime_flagged < 0:
         raise UserError("--retime-flagged must be 0 or more")
+    if args.processes < 1:
+        raise UserError(f"--processes {args.processes}: give 1 or more timing processes per block")
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: give a count of at least 1 compile process (default: all cores)")
     if args.tune_trials < 0:
@@ -408,7 +415,8 @@ def cmd_profile(args) -> int:
             backend=args.backend, device=args.device, threads=args.threads, cores=args.cores, protocol=protocol,
             jobs=args.jobs, cache_dir=args.cache_dir, per_op=args.per_op, tune_trials=args.tune_trials,
             retry_failed=args.retry_failed, cross=args.cross, gpu=args.gpu,
-            adb=_adb_options(args) if args.device.startswith("adb:") else None, retime_flagged=args.retime_flagged)
+            adb=_adb_options(args) if args.device.startswith("adb:") else None, retime_flagged=args.retime_flagged,
+            processes=args.processes)
         res = profile_with(blocks, store, options, prog)
     finally:
         if prog:
@@ -423,7 +431,8 @@ def cmd_profile(args) -> int:
         "cores": res.config.cores, "blocks": res.total, "already_stored": res.skipped,
         "measured": len(res.measured), "failed_now": len(res.failed), "compiled": res.compiled,
         "failed_stored": int((df.status == "failed").sum()), "peak_gflops": res.peak_gflops,
-        "wall_s": round(res.wall_s, 2), "retimed": res.retimed, "unclean": res.unclean,
+        "wall_s": round(res.wall_s, 2), "retimed": res.retimed, "processes": res.process_passes,
+        "unclean": res.unclean,
     }
     if args.json:
         print(json.dumps({"summary": summary, "rows": _rows_json(df)}, indent=2))

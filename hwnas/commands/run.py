@@ -28,6 +28,9 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "weights": (str, "supernet candidates: shared (one 7x7 superkernel per layer whose centres are the 3x3 and 5x5 "
                      "kernels, smaller expansions the first channels of the largest: every step trains every "
                      "candidate) or separate (ProxylessNAS: each candidate its own weights)"),
+    "weight_paths": (str, "what each weight step of the search trains: one (a path sampled from the "
+                          "probabilities; ProxylessNAS) or sandwich (also the space's largest and smallest "
+                          "networks, gradients summed: BigNAS, Once-for-All; 3x the step's cost)"),
     "search_epochs": (int, "search epochs, warm-up included (count)"),
     "warmup_epochs": (int, "weight-only epochs before the architecture is updated (count)"),
     "loss": (str, "latency loss: abs (CE + weight * |LAT / T - 1|: steers to T), ratio (CE * (LAT / T)^beta), ceiling (CE * max(1, LAT / T)^beta: T binds), hinge (CE + weight * max(0, LAT / T - 1)), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),
