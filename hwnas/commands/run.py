@@ -30,7 +30,8 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
                      "candidate) or separate (ProxylessNAS: each candidate its own weights)"),
     "weight_paths": (str, "what each weight step of the search trains: one (a path sampled from the "
                           "probabilities; ProxylessNAS) or sandwich (also the space's largest and smallest "
-                          "networks, gradients summed: BigNAS, Once-for-All; 3x the step's cost)"),
+                          "networks, gradients summed: BigNAS, Once-for-All; 3x the step's cost; on tiny-mnist-w it "
+                          "raised the supernet's accuracy but lowered Kendall tau, 0.33 to 0.15)"),
     "search_epochs": (int, "search epochs, warm-up included (count)"),
     "warmup_epochs": (int, "weight-only epochs before the architecture is updated (count)"),
     "loss": (str, "latency loss: abs (CE + weight * |LAT / T - 1|: steers to T), ratio (CE * (LAT / T)^beta), ceiling (CE * max(1, LAT / T)^beta: T binds), hinge (CE + weight * max(0, LAT / T - 1)), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),
