@@ -409,7 +409,9 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: f
                              f"({_gap(found['acc'] - bar['acc'])}; the bar for a win is {win_speedup:g}x)"
                              if out["speedup"] is not None else ""))
     elif out["speedup"] is not None:
-        out["verdict"] = (f"{out['speedup']:.2f}x faster than {family} {out['peer']}, the fastest {family} network as "
+        pace = (f"{out['speedup']:.2f}x faster than" if out["speedup"] >= 1
+                else f"{1 / out['speedup']:.2f}x slower than")
+        out["verdict"] = (f"{pace} {family} {out['peer']}, the fastest {family} network as "
                           f"accurate within the seed spread ({pts}); none is more accurate; the bar for a win is "
                           f"{win_speedup:g}x")
     else:

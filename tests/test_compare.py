@@ -79,3 +79,13 @@ def test_the_family_is_named_as_given():
                 family="random")
     assert c["verdict"].startswith("a win: 1.55x faster than random random-0, the fastest random network")
     assert "uniform" not in c["verdict"]
+
+
+def test_a_slower_network_is_called_slower_not_a_fraction_faster():
+    """A generous target (--target-ms 3 on tiny-mnist) finds a network 6x slower than k5e6 and as accurate:
+    the verdict says "6.24x slower", not "0.16x faster"."""
+    k5e6 = {"op": "k5e6", "acc": 0.988, "accs": [0.9907, 0.9853], "ms": 0.385}
+    k3e3 = {"op": "k3e3", "acc": 0.9773, "accs": [0.9747, 0.98], "ms": 0.1832}
+    c = compare(net(0.986, 2.403, [0.984, 0.988]), [k3e3, k5e6])
+    assert c["speedup"] < 1
+    assert "slower than uniform" in c["verdict"] and "0.0" not in c["verdict"].split("x")[0], c["verdict"]
