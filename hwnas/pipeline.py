@@ -61,6 +61,7 @@ class RunConfig:
     db: str = "data/hwnas.db"  # the measurement store, shared by runs and devices
     threads: int = 1  # runtime threads while timing (count)
     quick: bool = False  # the looser timing protocol (smoke runs only)
+    processes: int = 2  # fresh timing processes per block and network on this host; the fastest is kept (count)
     calibrate: int = 10  # networks spanning the space's latency range, timed end to end for the network model (count)
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
     weights: str = "shared"  # supernet candidates: shared (superkernel + elastic expand) or separate (ProxylessNAS)
@@ -129,7 +130,7 @@ class RunConfig:
             raise RunError(f"--weight-paths {self.weight_paths}: use one of {', '.join(WEIGHT_PATHS)}")
         if not self.lat_temperature > 0:
             raise RunError("--lat-temperature must be positive")
-        for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every", "seeds"):
+        for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every", "seeds", "processes"):
             if getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1")
         if self.calibrate < 0 or self.warmup_epochs < 0 or self.warmup_epochs >= self.search_epochs:
@@ -265,7 +266,7 @@ def _profile(cfg: RunConfig, models: list, progress: Progress, retime: bool = Fa
 
         adb = AdbOptions(runner=cfg.runner, tvm_rpc=cfg.tvm_rpc, remote_base=cfg.remote_dir)
     return profile(models, cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads, protocol=timing_protocol(cfg),
-                   cache_dir=cfg.cache_dir, progress=progress, adb=adb, remeasure=retime)
+                   cache_dir=cfg.cache_dir, progress=progress, adb=adb, remeasure=retime, processes=cfg.processes)
 
 
 def _train_threads(cfg: RunConfig) -> int:

@@ -59,6 +59,8 @@ def test_config_file_is_read_safely_and_checked(tmp_path):
     (["run", "--out", "{tmp}/r", "--target-ms", "2", "--data", "nosuch"], "neither a named data set"),
     (["run", "--out", "{tmp}/r", "--target-ms", "2", "--baseline", "k9e9"], "no kernel 9 expand 9"),
     (["run", "--out", "{tmp}/r", "--config", "{tmp}/typed.yaml"], "search_epochs is 'many'; give a whole number"),
+    (["run", "--out", "{tmp}/r", "--target-ms", "2", "--processes", "0"], "--processes must be at least 1"),
+    (["run", "--out", "{tmp}/r", "--target-ms", "2", "--weight-paths", "all"], "--weight-paths all: use one of"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "typed.yaml").write_text("target_ms: 2\nsearch_epochs: many\n")

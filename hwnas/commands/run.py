@@ -23,6 +23,8 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
                               "divided by this factor (x; 1.2 = 1.2x faster), whatever this machine's speed"),
     "db": (str, "SQLite measurement store, shared by runs and devices (path)"),
     "threads": (int, "runtime threads while timing (count)"),
+    "processes": (int, "fresh timing processes each block and network is timed in on this host; the fastest "
+                       "trusted one is kept (count; 1: half the timing time; see `hwnas profile --help`)"),
     "calibrate": (int, "random networks timed end to end to fit the per-network overhead (count; 0: none)"),
     "predictor": (str, "latency model: hybrid (table where measured, regression elsewhere), lut, regression"),
     "weights": (str, "supernet candidates: shared (one 7x7 superkernel per layer whose centres are the 3x3 and 5x5 "
