@@ -89,7 +89,7 @@ def fit_linear(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Seque
         raise PredictorError(f"the linear network model needs at least {MIN_LINEAR_NETWORKS} measured networks, "
                              f"got {len(y)}; use the overhead model")
     sums = np.array([np.sum(base.predict_ms(n)) for n in nets])
-    a, c = _line(sums, y)
+    a, _, c = _solve("linear", sums, np.zeros_like(sums), y) or (np.nan, 0.0, np.nan)
     if not a > 0:
         raise PredictorError(f"the linear network model fitted a slope of {a:.3g}: the networks do not span enough "
                              "latency to fit it; use the overhead model or time more varied networks")
@@ -99,13 +99,6 @@ def fit_linear(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y_ms: Seque
     p.meta = dict(base.meta, network_model="linear", network_scale=p.network_scale, overhead_from_networks=len(y),
                   overhead_residual_rms_ms=float(np.sqrt(np.mean((a * sums + c - y) ** 2))))
     return p
-
-
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """y = a x + c fitted on relative residuals ((a x + c - y) / y): networks spanning 20x in latency
-    weigh alike, so the fast end (where a latency-bound search lands) is not left to the slow one."""
-    a, c = np.polyfit(x, y, 1, w=1.0 / y)
-    return float(a), float(c)
 
 
 #: a model with more parameters must beat the chosen one's leave-one-out MAPE by this much too (a fraction:
@@ -119,12 +112,14 @@ _FORMS = {"overhead": (False, False), "linear": (True, False), "block": (False, 
 
 
 def _solve(kind: str, sums: np.ndarray, counts: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
-    """(a, d, c) of network model ``kind`` by least squares on relative residuals; None when the networks
-    cannot pin its parameters down (too few, or every network has the same number of blocks)."""
+    """(a, d, c) of network model ``kind`` by least squares on relative residuals ((fit - y) / y): networks
+    spanning 20x in latency weigh alike, so the fast end (where a latency-bound search lands) is not left
+    to the slow one. None when the networks cannot pin its parameters down (too few, or every network
+    has the same number of blocks)."""
     scaled, per_block = _FORMS[kind]
     cols = ([sums] if scaled else []) + ([counts] if per_block else []) + [np.ones_like(y)]
     x = np.column_stack(cols)
-    if len(y) <= x.shape[1] or np.linalg.matrix_rank(x / y[:, None]) < x.shape[1]:
+    if len(y) < x.shape[1] or np.linalg.matrix_rank(x / y[:, None]) < x.shape[1]:
         return None
     rhs = y - (0.0 if scaled else sums)
     sol, *_ = np.linalg.lstsq(x / y[:, None], rhs / y, rcond=None)
@@ -132,12 +127,6 @@ def _solve(kind: str, sums: np.ndarray, counts: np.ndarray, y: np.ndarray) -> tu
     a = sol.pop(0) if scaled else 1.0
     d = sol.pop(0) if per_block else 0.0
     return float(a), float(d), float(sol[0])
-
-
-def _offset(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """y = x + c, c fitted on relative residuals (a weighted mean of y - x, weights 1 / y^2)."""
-    w = 1.0 / y ** 2
-    return 1.0, float(np.sum(w * (y - x)) / np.sum(w))
 
 
 def nonzero_counts(nets: Sequence[Sequence[BlockSpec]]) -> np.ndarray:
@@ -192,23 +181,16 @@ def choose_network_model(base: Predictor, nets: Sequence[Sequence[BlockSpec]], y
     for kind in models:
         if kind not in _FORMS:
             raise PredictorError(f"unknown network model {kind!r} to choose from; known: {', '.join(_FORMS)}")
-        if kind == "overhead":  # one parameter: fits from any 2 networks (its LOO from 1)
-            a, c = _offset(sums, y)
-            sol: tuple[float, float, float] | None = (a, 0.0, c)
-        elif n < sum(_FORMS[kind]) + 3:  # two networks more than its parameters: each LOO fold is still overdetermined
-            sol = None
-        else:
-            sol = _solve(kind, sums, counts, y)
+        params = sum(_FORMS[kind]) + 1
+        # the offset fits from any 2 networks (its leave-one-out from 1); a model with more parameters
+        # needs two networks more than it has, so that each leave-one-out fold is still overdetermined
+        sol = _solve(kind, sums, counts, y) if n >= (2 if params == 1 else params + 2) else None
         if sol is None or not sol[0] > 0:
             continue  # not enough networks, no spread in block counts, or a flat or falling line
         loo = np.full(n, np.nan)
         for i in range(n):
             keep = np.arange(n) != i
-            if kind == "overhead":
-                a_i, c_i = _offset(sums[keep], y[keep])
-                f = (a_i, 0.0, c_i)
-            else:
-                f = _solve(kind, sums[keep], counts[keep], y[keep]) or (np.nan, np.nan, np.nan)
+            f = _solve(kind, sums[keep], counts[keep], y[keep]) or (np.nan, np.nan, np.nan)
             loo[i] = f[0] * sums[i] + f[1] * counts[i] + f[2]
         ok = bool(np.all(np.isfinite(loo)))
         tried[kind] = {"scale": sol[0], "block_ms": sol[1], "overhead_ms": sol[2], "predicted_loo_ms": loo,
@@ -329,8 +311,7 @@ def fit_network_model(base: Predictor | None, nets: Sequence[Sequence[BlockSpec]
     if model == "auto":
         return choose_network_model(base, nets, y_ms)[0]
     if model == "block":
-        pred, fit = choose_network_model(base, nets, y_ms, models=("block",))
-        return pred
+        return choose_network_model(base, nets, y_ms, models=("block",))[0]
     return fit_overhead(base, nets, y_ms)
 
 

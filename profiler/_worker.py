@@ -15,6 +15,7 @@ import os
 import signal
 import time
 import traceback
+from unittest import mock
 from typing import Any, Iterator
 
 from profiler.measurement import TimingProtocol
@@ -68,7 +69,9 @@ def serve(conn, cores: list[int], threads: int, log_path: str | None = None, par
             elif msg["op"] == "outputs":
                 res = _outputs(msg, threads)
             elif msg["op"] == "env":
-                res = memory_env()
+                from profiler.devices import memory_backing
+
+                res = memory_backing()
             else:
                 raise ValueError(f"unknown op {msg['op']!r}")
             conn.send({"ok": True, **res})
@@ -164,7 +167,7 @@ def _restore(before: dict[int, tuple[int, Any]]) -> None:
 def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, Any]:
     import numpy as np
 
-    from profiler.devices import env_snapshot
+    from profiler.devices import env_snapshot, memory_backing
     from profiler.interference import CpuWait, NoiseRecord, chunk_size
 
     p = TimingProtocol(**msg["protocol"])
@@ -185,7 +188,7 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
             return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "remote": "no readings over TVM RPC"}
     env_before = env_snapshot(cores)
     if not remote:
-        env_before["memory"] = memory_env()
+        env_before["memory"] = memory_backing()
         env_before["worker_pid"] = os.getpid()
 
     # warm-up: caches, lazy allocations, the runtime's first-call paths; never timed
@@ -327,30 +330,6 @@ def worker_environ(env: dict[str, str] | os._Environ) -> dict[str, str]:
     return {"GLIBC_TUNABLES": f"{have}:{HUGE_PAGES_TUNABLE}" if have else HUGE_PAGES_TUNABLE}
 
 
-@contextlib.contextmanager
-def _environ(extra: dict[str, str]):
-    old = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def memory_env() -> dict[str, Any]:
-    """How this process's memory is backed: the kernel's transparent huge page mode and glibc's tunables."""
-    try:
-        mode = open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="utf-8").read()
-        thp = mode[mode.index("[") + 1:mode.index("]")]
-    except (OSError, ValueError):
-        thp = "unknown"
-    return {"thp": thp, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
-
-
 def crash_reason(exitcode: int | None, msg: dict[str, Any]) -> str:
     """Why the worker died, from its exit code and the request it was serving, in one line."""
     if exitcode == -signal.SIGILL:
@@ -379,8 +358,9 @@ class TimingWorker:
         # daemon=True ends it when the harness exits normally; parent_pid covers a killed harness
         self._proc = self._ctx.Process(target=serve, args=(child, self.cores, self.threads, self.log_path, os.getpid()),
                                        daemon=True, name="hwnas-timing")
-        with _environ(worker_environ(os.environ) if self.huge_pages else {}):
-            self._proc.start()  # a spawned process takes the environment as it is now
+        # a spawned process takes the environment as it is now; patch.dict puts it back after
+        with mock.patch.dict(os.environ, worker_environ(os.environ) if self.huge_pages else {}):
+            self._proc.start()
         child.close()
         self._conn = parent
 

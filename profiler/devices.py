@@ -251,6 +251,13 @@ def env_snapshot(cores: list[int]) -> dict[str, Any]:
     }
 
 
+def memory_backing() -> dict[str, Any]:
+    """How this process's memory is backed: the kernel's transparent huge page mode and glibc's tunables."""
+    mode = _read("/sys/kernel/mm/transparent_hugepage/enabled") or ""
+    thp = mode[mode.index("[") + 1:mode.index("]")] if "[" in mode and "]" in mode else "unknown"
+    return {"thp": thp, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+
+
 def local_id() -> str:
     """A stable name of this host's CPU device: the host name and CPU model."""
     return f"{socket.gethostname()}/{cpu_model()}"

@@ -275,8 +275,8 @@ class SearchSpace:
             # shallowest: depth then varies at every latency, so a network model can tell a per-block cost
             # from a per-millisecond one (with depth following latency, the two cannot be told apart)
             near = [j for j in order if lo > 0 and abs(np.log(sums[j] / target)) <= half_step] or order[:1]
-            j = (max if k % 2 == 0 else min)(near, key=lambda j: (depths[j], -abs(sums[j] - target))
-                                             if k % 2 == 0 else (depths[j], abs(sums[j] - target)))
+            sign = -1 if k % 2 == 0 else 1  # even steps the deepest, odd the shallowest; ties: the nearest
+            j = min(near, key=lambda j: (sign * depths[j], abs(sums[j] - target)))
             used.add(j)
             choices = ordered[j][1]
             picked.append((choices, self.arch(choices, f"{self.name}-calibration")))
