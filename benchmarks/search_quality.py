@@ -388,6 +388,24 @@ def seed_spread(nets: list[NetResult]) -> dict[str, Any]:
             "pooled_std": float(np.sqrt(ss / dof)), "networks": len(many)}
 
 
+def architecture_effect(nets: list[NetResult]) -> dict[str, Any]:
+    """One-way ANOVA of test accuracy over ``nets`` (each a group of its seeds): do the networks'
+    accuracies differ by more than seed-to-seed noise explains? F, its p-value, and the share of the
+    accuracy variance that lies between networks (eta squared). A milder test than the largest seed
+    gap (which one unlucky pair of seeds decides), and the usual one for "architectures differ"."""
+    from scipy.stats import f_oneway
+
+    groups = [n.test_acc_seeds for n in nets if len(n.test_acc_seeds) > 1]
+    if len(groups) < 2:
+        return {"networks": len(groups), "F": None, "p": None, "eta_squared": None, "differs": None}
+    res = f_oneway(*groups)
+    allv = np.concatenate([np.asarray(g, dtype=float) for g in groups])
+    between = sum(len(g) * (np.mean(g) - allv.mean()) ** 2 for g in groups)
+    total = float(np.sum((allv - allv.mean()) ** 2))
+    return {"networks": len(groups), "F": float(res.statistic), "p": float(res.pvalue),
+            "eta_squared": None if total == 0 else float(between / total), "differs": bool(res.pvalue < 0.05)}
+
+
 def _member(n: NetResult) -> dict[str, Any]:
     return {"op": n.name, "acc": n.test_acc, "accs": n.test_acc_seeds, "ms": n.measured_ms}
 
@@ -440,7 +458,10 @@ def analyse(runs: list[dict[str, Any]], family: list[NetResult], randoms: list[N
     tol = spread["max_abs_diff"]
     fam_spread = {"all_members": fs, "kernel_expand_only": span(ke),
                   "members": [n.name for n in fam],
-                  "differs_more_than_seed_spread": None if fs is None or tol is None else bool(fs > tol)}
+                  "differs_more_than_seed_spread": None if fs is None or tol is None else bool(fs > tol),
+                  # the same question asked with the seeds of every member (one-way ANOVA, p < 0.05)
+                  "anova_family": architecture_effect(fam),
+                  "anova_all_baselines": architecture_effect(fam + [n for n in randoms if n.ok])}
     per_found = [dict(target_ms=r["target_ms"], name=f.name, **judge(f, family, randoms, tol))
                  for r, f in zip([r for r in runs if not r.get("error")], found)]
     return {"seed_spread": spread, "family_spread": fam_spread, "found": per_found,
@@ -568,6 +589,13 @@ def tables(res: dict[str, Any]) -> None:
               f"(kernel x expand only {_f(fs['kernel_expand_only'], '.4f')}): "
               + {None: "cannot tell", True: "the family differs by MORE than the seed spread",
                  False: "the family differs by no more than the seed spread"}[fs["differs_more_than_seed_spread"]])
+    for label, k in (("uniform family", "anova_family"), ("every baseline", "anova_all_baselines")):
+        an = fs.get(k) or {}
+        if an.get("F") is not None:
+            con.print(f"   one-way ANOVA over the seeds, {label} ({an['networks']} networks): F {an['F']:.2f}, "
+                      f"p {an['p']:.2g}, between-network share of the variance {an['eta_squared']:.2f}: "
+                      + ("architecture changes accuracy beyond the seed noise" if an["differs"]
+                         else "no difference beyond the seed noise"))
     t = Table(title="6. found networks against the baselines")
     for c in ("found", "vs uniform family", "vs random", "Pareto", "fastest uniform as accurate", "goal"):
         t.add_column(c)
