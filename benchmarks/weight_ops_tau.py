@@ -11,6 +11,7 @@ the product: it did not earn one (benchmarks/README.md). Writes benchmarks/resul
 import argparse
 import datetime
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -60,7 +61,7 @@ def main() -> None:
     sq.SPACE = "tiny-mnist-w"
     run(sq._cfg(args, W, EXP.name, 0.126), sq._Progress("uniform ops"), until="search")
     rows = json.loads(RESULT.read_text())["supernet"]["networks"]
-    accs = inherited_accuracy(EXP / "search", [r["choices"] for r in rows], threads=2)
+    accs = inherited_accuracy(EXP / "search", [r["choices"] for r in rows], threads=len(os.sched_getaffinity(0)))
     scratch = [r["scratch_acc"] for r in rows]
     kt, old = kendalltau(accs, scratch), kendalltau([r["inherited_acc"] for r in rows], scratch)
     out = {"experiment": "weight steps with ops drawn uniformly (widths uniform as before), target 0.126 ms, "
