@@ -1,0 +1,150 @@
+"""Experiments (issue 12, Kendall tau): the middle target's search of `search_quality.py --space
+tiny-mnist-w --limit 10000 --train-epochs 3` again with one change to the shared supernet, then the
+inherited accuracy of that benchmark's 19 sub-networks (BN recalibrated) against their from-scratch
+accuracy (the mean of every seed the result file holds). Needs that benchmark's work folder and
+result file (run it first):
+
+    .venv/bin/python benchmarks/supernet_variants_tau.py --variant uniform-ops [--result <file>.json]
+
+Variants (each patched in here for this process, none an option of the product unless it earns one):
+
+- ``uniform-ops``: every weight step draws each layer's op uniformly instead of from p (widths are
+  uniform in both). Asks whether the ops near the latency target being trained more is what ranks
+  e3 above e6.
+- ``kernel-maps``: Once-for-All's kernel transformation matrices (Cai et al., ICLR 2020, section 3.2):
+  the 5x5 kernel is T_75 applied to the centre 5x5 of the 7x7 one, the 3x3 kernel T_53 applied to the
+  centre 3x3 of the 5x5 one; each T a (k^2 x k^2) matrix per layer, shared by its channels, started
+  at the identity. The plain centre (Single-Path NAS's superkernel) must serve every size at once.
+- ``nn-init``: no start-as-the-smallest initialisation (`SharedMBConv._start_as_smallest`: the
+  kernel ring and the projection columns past e3 start at zero, so every candidate starts as the
+  smallest and the larger ones grow out of it): nn's own draw instead. Asks whether starting equal is
+  what keeps a short search from telling e6 from e3.
+- ``longer``: nothing changed but the search's length (``--search-epochs``, default 6 as in the
+  benchmark): is the supernet simply trained too little to rank?
+
+Writes benchmarks/results/supernet_variant_tau-<variant>-<date>.json (the uniform-ops result of
+2026-12-02, from this experiment's first script, is weight_ops_tau-2026-12-02.json).
+"""
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))
+import numpy as np  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+
+import benchmarks.search_quality as sq  # noqa: E402
+from hwnas.pipeline import run  # noqa: E402
+from search.supernet import SharedMBConv, Supernet  # noqa: E402
+from search.train import inherited_accuracy  # noqa: E402
+
+W = ROOT / "runs" / "bench-search-quality-tiny-mnist-w"
+SOURCE = W / "target-0.126ms"
+RESULT = ROOT / "benchmarks" / "results" / "search_quality-tiny-mnist-w-2026-12-02-seeds4.json"
+
+
+# -- uniform-ops
+_from_p = Supernet.sample_paths
+
+
+def _uniform_ops(self, gen, widths=True):
+    """The weight step (widths=False) draws each layer's op uniformly; the architecture step as before."""
+    if widths:
+        return _from_p(self, gen, widths)
+    out = []
+    for m in self.mixed:
+        c = int(torch.multinomial(torch.ones_like(m.probs.detach()), 1, generator=gen))
+        m.set_path(c)
+        out.append(c)
+    return out
+
+
+# -- kernel-maps
+_init = SharedMBConv.__init__
+
+
+def _init_with_maps(self, specs):
+    _init(self, specs)
+    self.kernel_sizes = sorted({s.kernel for s in self.specs}, reverse=True)
+    # one matrix per smaller size b: from the centre b x b of the next larger size a to the b x b kernel
+    self.kernel_maps = nn.ParameterDict({f"{a}to{b}": nn.Parameter(torch.eye(b * b))
+                                         for a, b in zip(self.kernel_sizes, self.kernel_sizes[1:])})
+
+
+def _mapped_dw_weight(self, s):
+    w = self.depthwise.weight[:s.mid_c]  # (mid, 1, k_max, k_max)
+    for a, b in zip(self.kernel_sizes, self.kernel_sizes[1:]):
+        if a <= s.kernel:
+            break
+        lo = (a - b) // 2
+        centre = w[:, :, lo:lo + b, lo:lo + b].reshape(w.shape[0], b * b)
+        w = (centre @ self.kernel_maps[f"{a}to{b}"].T).reshape(w.shape[0], 1, b, b)
+    return w
+
+
+def _patch(variant: str) -> None:
+    if variant == "uniform-ops":
+        Supernet.sample_paths = _uniform_ops
+    elif variant == "kernel-maps":
+        SharedMBConv.__init__, SharedMBConv._dw_weight = _init_with_maps, _mapped_dw_weight
+    elif variant == "nn-init":
+        SharedMBConv._start_as_smallest = lambda self: None
+    elif variant != "longer":
+        raise SystemExit(f"--variant {variant}: use uniform-ops, kernel-maps, nn-init or longer")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", required=True, choices=("uniform-ops", "kernel-maps", "nn-init", "longer"),
+                    help="the change to the shared supernet (see above)")
+    ap.add_argument("--search-epochs", type=int, default=6,
+                    help="epochs of the search, its 1 warm-up epoch included (count; default 6, the benchmark's)")
+    ap.add_argument("--result", default=str(RESULT),
+                    help="the search_quality result whose sub-networks and from-scratch accuracies are the "
+                         "reference (default: the 4-seed run of 2026-12-02)")
+    args = ap.parse_args()
+    tag = args.variant if args.search_epochs == 6 else f"{args.variant}-{args.search_epochs}ep"
+    exp = W / f"exp-{tag}"
+    # the middle target's run up to its predictor (same profile, calibration and predictor), search again
+    shutil.rmtree(exp, ignore_errors=True)
+    exp.mkdir(parents=True)
+    for f in ("calibrate.json", "latency-predictor.json", "predictor.json", "profile.csv",
+              "profile.json"):
+        shutil.copy(SOURCE / f, exp / f)
+    stages = json.loads((SOURCE / "stages.json").read_text())
+    (exp / "stages.json").write_text(json.dumps({k: stages[k] for k in ("profile", "calibrate", "predictor")}))
+    _patch(args.variant)
+    cli = argparse.Namespace(smoke=False, calibrate=10, search_epochs=args.search_epochs, warmup_epochs=1, train_epochs=3,
+                             limit=10000, seed=0)
+    sq.SPACE = "tiny-mnist-w"
+    run(sq._cfg(cli, W, exp.name, 0.126), sq._Progress(args.variant), until="search")
+    res = json.loads(Path(args.result).read_text())
+    rows = res["supernet"]["networks"]
+    seeds = {n["name"]: n["test_acc_seeds"] for n in res["networks"]}
+    seeds.update({f"found {r['target_ms']:g} ms": r["test_acc_seeds"] for r in res["searches"]["runs"]})
+    scratch = [float(np.mean(seeds[r["name"]])) for r in rows]
+    accs = inherited_accuracy(exp / "search", [r["choices"] for r in rows], threads=len(os.sched_getaffinity(0)))
+    kt, old = kendalltau(accs, scratch), kendalltau([r["inherited_acc"] for r in rows], scratch)
+    log = json.loads((exp / "search.json").read_text())
+    out = {"experiment": f"{args.variant}: the 0.126 ms target's search ({args.search_epochs} epochs, 1 of them "
+                         "warm-up), 10,000 Fashion-MNIST images, seed 0",
+           "reference": args.result, "reference_seeds": min(len(v) for v in seeds.values()),
+           "kendall_tau": kt.statistic, "p": kt.pvalue, "default_tau": old.statistic,
+           "train_acc_after_warmup": log.get("train_acc_after_warmup"), "found": log["choices"],
+           "networks": [dict(r, scratch_acc=s, inherited_variant=x) for r, s, x in zip(rows, scratch, accs)]}
+    print(json.dumps({k: v for k, v in out.items() if k != "networks"}))
+    (ROOT / "benchmarks" / "results" / f"supernet_variant_tau-{tag}-{datetime.date.today()}.json").write_text(
+        json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
