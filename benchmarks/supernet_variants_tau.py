@@ -19,6 +19,10 @@ Variants (each patched in here for this process, none an option of the product u
   kernel ring and the projection columns past e3 start at zero, so every candidate starts as the
   smallest and the larger ones grow out of it): nn's own draw instead. Asks whether starting equal is
   what keeps a short search from telling e6 from e3.
+- ``skip-more``: in every weight step each layer that can be skipped is skipped with probability
+  ``SKIP_SHARE`` (else its op comes from p as before): stochastic depth on the supernet, so that later
+  layers learn to work without the ones before them (benchmarks/skip_penalty.py measured that the
+  default supernet charges a skipped layer about a point that training from scratch does not).
 - ``longer``: nothing changed but the search's length (``--search-epochs``, default 6 as in the
   benchmark): is the supernet simply trained too little to rank?
 
@@ -50,6 +54,7 @@ from search.train import inherited_accuracy  # noqa: E402
 W = ROOT / "runs" / "bench-search-quality-tiny-mnist-w"
 SOURCE = W / "target-0.126ms"
 RESULT = ROOT / "benchmarks" / "results" / "search_quality-tiny-mnist-w-2026-12-02-seeds4.json"
+SKIP_PAIRS = ROOT / "benchmarks" / "results" / "skip_penalty-2026-12-02.json"
 
 
 # -- uniform-ops
@@ -91,6 +96,27 @@ def _mapped_dw_weight(self, s):
     return w
 
 
+# -- skip-more
+SKIP_SHARE = 0.25
+
+
+def _skip_more(self, gen, widths=True):
+    """The weight step (widths=False): a skippable layer skipped with probability SKIP_SHARE, else p."""
+    if widths:
+        return _from_p(self, gen, widths)
+    out = []
+    layers = [lay for lay in self.space.layers if lay.searchable]
+    for m, lay in zip(self.mixed, layers):
+        zero = [j for j, c in enumerate(lay.candidates) if c.kind == "zero"]
+        if zero and float(torch.rand(1, generator=gen)) < SKIP_SHARE:
+            c = zero[0]
+        else:
+            c = int(torch.multinomial(m.probs.detach(), 1, generator=gen))
+        m.set_path(c)
+        out.append(c)
+    return out
+
+
 def _patch(variant: str) -> None:
     if variant == "uniform-ops":
         Supernet.sample_paths = _uniform_ops
@@ -98,21 +124,25 @@ def _patch(variant: str) -> None:
         SharedMBConv.__init__, SharedMBConv._dw_weight = _init_with_maps, _mapped_dw_weight
     elif variant == "nn-init":
         SharedMBConv._start_as_smallest = lambda self: None
+    elif variant == "skip-more":
+        Supernet.sample_paths = _skip_more
     elif variant != "longer":
-        raise SystemExit(f"--variant {variant}: use uniform-ops, kernel-maps, nn-init or longer")
+        raise SystemExit(f"--variant {variant}: use uniform-ops, kernel-maps, nn-init, skip-more or longer")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", required=True, choices=("uniform-ops", "kernel-maps", "nn-init", "longer"),
+    ap.add_argument("--variant", required=True, choices=("uniform-ops", "kernel-maps", "nn-init", "skip-more", "longer"),
                     help="the change to the shared supernet (see above)")
+    ap.add_argument("--seed", type=int, default=0, help="the search's seed (default 0, the benchmark's)")
     ap.add_argument("--search-epochs", type=int, default=6,
                     help="epochs of the search, its 1 warm-up epoch included (count; default 6, the benchmark's)")
     ap.add_argument("--result", default=str(RESULT),
                     help="the search_quality result whose sub-networks and from-scratch accuracies are the "
                          "reference (default: the 4-seed run of 2026-12-02)")
     args = ap.parse_args()
-    tag = args.variant if args.search_epochs == 6 else f"{args.variant}-{args.search_epochs}ep"
+    tag = args.variant + ("" if args.search_epochs == 6 else f"-{args.search_epochs}ep") + \
+        ("" if args.seed == 0 else f"-seed{args.seed}")
     exp = W / f"exp-{tag}"
     # the middle target's run up to its predictor (same profile, calibration and predictor), search again
     shutil.rmtree(exp, ignore_errors=True)
@@ -124,7 +154,7 @@ def main() -> None:
     (exp / "stages.json").write_text(json.dumps({k: stages[k] for k in ("profile", "calibrate", "predictor")}))
     _patch(args.variant)
     cli = argparse.Namespace(smoke=False, calibrate=10, search_epochs=args.search_epochs, warmup_epochs=1, train_epochs=3,
-                             limit=10000, seed=0)
+                             limit=10000, seed=args.seed)
     sq.SPACE = "tiny-mnist-w"
     run(sq._cfg(cli, W, exp.name, 0.126), sq._Progress(args.variant), until="search")
     res = json.loads(Path(args.result).read_text())
@@ -132,14 +162,24 @@ def main() -> None:
     seeds = {n["name"]: n["test_acc_seeds"] for n in res["networks"]}
     seeds.update({f"found {r['target_ms']:g} ms": r["test_acc_seeds"] for r in res["searches"]["runs"]})
     scratch = [float(np.mean(seeds[r["name"]])) for r in rows]
-    accs = inherited_accuracy(exp / "search", [r["choices"] for r in rows], threads=len(os.sched_getaffinity(0)))
+    # the skip penalty on benchmarks/skip_penalty.py's pairs (a sub-network that skips, its twin with k3e3)
+    pairs = json.loads(SKIP_PAIRS.read_text())["pairs"] if SKIP_PAIRS.exists() else []
+    both = [r["choices"] for r in rows] + [q["twin"] for q in pairs]
+    got = inherited_accuracy(exp / "search", both, threads=len(os.sched_getaffinity(0)))
+    accs, twins = got[:len(rows)], got[len(rows):]
+    by_choices = {json.dumps(r["choices"]): a for r, a in zip(rows, accs)}
+    skip_cost = [t - by_choices[json.dumps(q["choices"])] for q, t in zip(pairs, twins)]
     kt, old = kendalltau(accs, scratch), kendalltau([r["inherited_acc"] for r in rows], scratch)
     log = json.loads((exp / "search.json").read_text())
     out = {"experiment": f"{args.variant}: the 0.126 ms target's search ({args.search_epochs} epochs, 1 of them "
-                         "warm-up), 10,000 Fashion-MNIST images, seed 0",
+                         f"warm-up), 10,000 Fashion-MNIST images, seed {args.seed}",
            "reference": args.result, "reference_seeds": min(len(v) for v in seeds.values()),
            "kendall_tau": kt.statistic, "p": kt.pvalue, "default_tau": old.statistic,
            "train_acc_after_warmup": log.get("train_acc_after_warmup"), "found": log["choices"],
+           "skip_cost_inherited": {"pairs": len(pairs), "mean": float(np.mean(skip_cost)) if skip_cost else None,
+                                   "each": [round(c, 4) for c in skip_cost],
+                                   "default_mean": float(np.mean([q["inherited_cost"] for q in pairs])) if pairs else None,
+                                   "scratch_mean": float(np.mean([q["scratch_cost"] for q in pairs])) if pairs else None},
            "networks": [dict(r, scratch_acc=s, inherited_variant=x) for r, s, x in zip(rows, scratch, accs)]}
     print(json.dumps({k: v for k, v in out.items() if k != "networks"}))
     (ROOT / "benchmarks" / "results" / f"supernet_variant_tau-{tag}-{datetime.date.today()}.json").write_text(
