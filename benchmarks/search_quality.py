@@ -362,8 +362,6 @@ def part_random(args, root: Path, wall: _Wall, pred) -> list[NetResult]:
 
 def part_supernet(args, root: Path, wall: _Wall, runs: list[dict[str, Any]], nets: list[NetResult]) -> dict[str, Any]:
     """Inherited against from-scratch accuracy on the middle target's supernet."""
-    from scipy.stats import kendalltau
-
     from search.train import inherited_accuracy
 
     t0 = time.perf_counter()
@@ -392,13 +390,18 @@ def part_supernet(args, root: Path, wall: _Wall, runs: list[dict[str, Any]], net
     rows = [{"name": n.name, "family": n.family, "choices": n.choices,
              "inherited_acc": cached[json.dumps(n.choices)], "scratch_acc": n.test_acc} for n in subs]
     pairs = [(r["inherited_acc"], r["scratch_acc"]) for r in rows if r["scratch_acc"] is not None]
-    tau = p = None
-    if len(pairs) >= 3:
-        kt = kendalltau(*zip(*pairs))
-        tau, p = (None if np.isnan(kt.statistic) else float(kt.statistic)), float(kt.pvalue)
+    tau, p = _tau(*zip(*pairs)) if len(pairs) >= 3 else (None, None)
     wall.add("4_supernet", time.perf_counter() - t0)
     return dict(out, networks=rows, n=len(pairs), kendall_tau=tau, kendall_p=p,
                 scratch_split_half=split_half_tau(subs, [r["inherited_acc"] for r in rows]))
+
+
+def seeds_by_name(res: dict[str, Any]) -> dict[str, list[float]]:
+    """Every trained network's seed accuracies in a result file, by the name the supernet rows use."""
+    seeds = {n["name"]: n["test_acc_seeds"] for n in res["networks"]}
+    seeds.update({f"found {r['target_ms']:g} ms": r["test_acc_seeds"] for r in res["searches"]["runs"]
+                  if not r.get("error")})
+    return seeds
 
 
 def _tau(a, b) -> tuple[float | None, float | None]:
@@ -476,6 +479,21 @@ def _member(n: NetResult) -> dict[str, Any]:
     return {"op": n.name, "acc": n.test_acc, "accs": n.test_acc_seeds, "ms": n.measured_ms}
 
 
+def _goal(f: NetResult, family: list[NetResult], baselines: list[NetResult], margin) -> dict[str, Any]:
+    """The issue's goal for ``f`` with "as accurate" meaning a difference of means within ``margin(b)``
+    (accuracy share) of baseline ``b``: the fastest family member as accurate and the speed-up over it,
+    or more accurate by more than the margin than every baseline that is no slower (vacuous, so not
+    counted, when no baseline is as fast)."""
+    peers = [m for m in family if abs(m.test_acc - f.test_acc) <= margin(m)]
+    best = min(peers, key=lambda m: m.measured_ms) if peers else None
+    no_slower = [b for b in baselines if b.measured_ms <= f.measured_ms]
+    faster = best is not None and best.measured_ms / f.measured_ms >= GOAL_SPEEDUP
+    more = bool(no_slower) and all(f.test_acc - b.test_acc > margin(b) for b in no_slower)
+    return {"best": best, "peers": [m.name for m in peers], "no_slower": [b.name for b in no_slower],
+            "less_accurate_than": [m.name for m in family if m.test_acc - f.test_acc > margin(m)],
+            "goal_speedup_met": faster, "goal_more_accurate_met": more, "goal": faster or more}
+
+
 def judge(f: NetResult, family: list[NetResult], randoms: list[NetResult], spread: float | None,
           pooled: tuple[float, int] | None = None) -> dict[str, Any]:
     """Point 6 for one found network (every input measured; baselines that failed are left out).
@@ -495,31 +513,25 @@ def judge(f: NetResult, family: list[NetResult], randoms: list[NetResult], sprea
         return dict(out, goal=None, goal_note="no seed spread: the goal cannot be judged")
     out["dominated_by_more_than_spread"] = [b.name for b in baselines if b.measured_ms <= f.measured_ms
                                             and b.test_acc > f.test_acc + spread]
-    peers = [m for m in family if abs(m.test_acc - f.test_acc) <= spread]  # as accurate, within the spread
-    best = min(peers, key=lambda m: m.measured_ms) if peers else None
+    g = _goal(f, family, baselines, lambda b: spread)
+    best = g.pop("best")
     out["fastest_uniform_as_accurate"] = None if best is None else {
         "name": best.name, "measured_ms": best.measured_ms, "test_acc": best.test_acc,
         "speedup": best.measured_ms / f.measured_ms}
-    no_slower = [b for b in baselines if b.measured_ms <= f.measured_ms]
-    out["baselines_no_slower"] = [b.name for b in no_slower]
-    faster = best is not None and best.measured_ms / f.measured_ms >= GOAL_SPEEDUP
-    # vacuous when no baseline is as fast: then only the speed-up counts
-    more_accurate = bool(no_slower) and all(f.test_acc > b.test_acc + spread for b in no_slower)
-    out.update(goal_speedup_met=faster, goal_more_accurate_met=more_accurate, goal=faster or more_accurate)
+    out["baselines_no_slower"] = g.pop("no_slower")
+    out.update(goal_speedup_met=g["goal_speedup_met"], goal_more_accurate_met=g["goal_more_accurate_met"],
+               goal=g["goal"])
     if pooled is not None:
         # the same test with "as accurate" read statistically: the means' difference inside its 95 % interval
         sd, dof = pooled
-        peers_t = [m for m in family if abs(m.test_acc - f.test_acc) <= t_margin(f, m, sd, dof)]
-        best_t = min(peers_t, key=lambda m: m.measured_ms) if peers_t else None
-        more_t = bool(no_slower) and all(f.test_acc - b.test_acc > t_margin(f, b, sd, dof) for b in no_slower)
-        faster_t = best_t is not None and best_t.measured_ms / f.measured_ms >= GOAL_SPEEDUP
+        t = _goal(f, family, baselines, lambda b: t_margin(f, b, sd, dof))
+        best_t = t.pop("best")
+        t.pop("no_slower")
         out["t_test"] = {
-            "as_accurate_uniform": [m.name for m in peers_t],
-            "less_accurate_than": [m.name for m in family if m.test_acc - f.test_acc > t_margin(f, m, sd, dof)],
+            "as_accurate_uniform": t.pop("peers"), "less_accurate_than": t.pop("less_accurate_than"),
             "fastest_uniform_as_accurate": None if best_t is None else {
                 "name": best_t.name, "measured_ms": best_t.measured_ms, "test_acc": best_t.test_acc,
-                "speedup": best_t.measured_ms / f.measured_ms, "margin": t_margin(f, best_t, sd, dof)},
-            "goal_speedup_met": faster_t, "goal_more_accurate_met": more_t, "goal": faster_t or more_t}
+                "speedup": best_t.measured_ms / f.measured_ms, "margin": t_margin(f, best_t, sd, dof)}, **t}
     return out
 
 

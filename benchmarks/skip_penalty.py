@@ -41,8 +41,7 @@ def main() -> int:
     space = load_space(sq.SPACE)
     n_ops = len(space.searchable)
     res = json.loads(Path(args.result).read_text())
-    seeds = {n["name"]: n["test_acc_seeds"] for n in res["networks"]}
-    seeds.update({f"found {r['target_ms']:g} ms": r["test_acc_seeds"] for r in res["searches"]["runs"]})
+    seeds = sq.seeds_by_name(res)
     rows = [r for r in res["supernet"]["networks"] if SKIP in r["choices"][:n_ops]]
     if not rows:
         print("skip_penalty: no sub-network of the result skips a layer", file=sys.stderr)

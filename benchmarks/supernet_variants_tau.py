@@ -159,8 +159,7 @@ def main() -> None:
     run(sq._cfg(cli, W, exp.name, 0.126), sq._Progress(args.variant), until="search")
     res = json.loads(Path(args.result).read_text())
     rows = res["supernet"]["networks"]
-    seeds = {n["name"]: n["test_acc_seeds"] for n in res["networks"]}
-    seeds.update({f"found {r['target_ms']:g} ms": r["test_acc_seeds"] for r in res["searches"]["runs"]})
+    seeds = sq.seeds_by_name(res)
     scratch = [float(np.mean(seeds[r["name"]])) for r in rows]
     # the skip penalty on benchmarks/skip_penalty.py's pairs (a sub-network that skips, its twin with k3e3)
     pairs = json.loads(SKIP_PAIRS.read_text())["pairs"] if SKIP_PAIRS.exists() else []
