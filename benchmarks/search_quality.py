@@ -124,16 +124,18 @@ def _write(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _cfg(args, root: Path, name: str, target_ms: float | None, seeds: int = 2):
+def _cfg(args, root: Path, name: str, target_ms: float | None, seeds: int = 2, search: bool = False):
     """The pipeline's options of every run (and the training recipe of every network). The runs
-    (searches) train their found network with 2 seeds; ``seeds`` is for the networks trained here."""
+    (searches) train their found network with 2 seeds; ``seeds`` is for the networks trained here.
+    ``search``: a target's run, with the search's own options (--skip-drop, --search-seed)."""
     from hwnas.pipeline import RunConfig
 
+    extra = {"skip_drop": args.skip_drop, "seed": args.search_seed} if search else {"seed": args.seed}
     return RunConfig(out=str(root / name), device="local", backend="executorch", space=SPACE, data=DATA,
                      target_ms=target_ms, loss="abs" if target_ms else "add", weights="shared",
                      db=str(root / "store.db"), cache_dir=str(root / "cache"), quick=args.smoke,
                      calibrate=args.calibrate, search_epochs=args.search_epochs, warmup_epochs=args.warmup_epochs,
-                     train_epochs=args.train_epochs, seeds=seeds, baseline=[], limit=args.limit, seed=args.seed)
+                     train_epochs=args.train_epochs, seeds=seeds, baseline=[], limit=args.limit, **extra)
 
 
 def _error(e: BaseException) -> str:
@@ -180,6 +182,13 @@ def _more_seeds(args, cfg, found: dict[str, Any]) -> dict[str, Any]:
     return dict(found, test_acc=tr.test_acc, test_acc_seeds=list(tr.test_acc_seeds))
 
 
+def search_tag(args) -> str:
+    """The suffix of the searches' run folders and of the result: which search this is, when not the
+    default (the family and the random networks are shared by every search of a work folder)."""
+    return ((f"-drop{args.skip_drop:g}" if args.skip_drop else "")
+            + (f"-s{args.search_seed}" if args.search_seed != args.seed else ""))
+
+
 def part_searches(args, root: Path, wall: _Wall) -> tuple[dict[str, Any], list[float], list[dict[str, Any]]]:
     from hwnas.pipeline import RunError, run
 
@@ -194,7 +203,7 @@ def part_searches(args, root: Path, wall: _Wall) -> tuple[dict[str, Any], list[f
     runs = []
     for tgt in targets:
         t0 = time.perf_counter()
-        cfg = _cfg(args, root, f"target-{tgt:g}ms", tgt)
+        cfg = _cfg(args, root, f"target-{tgt:g}ms{search_tag(args)}", tgt, search=True)
         try:
             run(cfg, _Progress(f"target {tgt:g} ms"))
             runs.append(_more_seeds(args, cfg, _found(cfg, tgt)))
@@ -753,6 +762,8 @@ def bench(args) -> dict[str, Any]:
         "config": {"space": SPACE, "data": DATA, "limit": args.limit, "test_images": 10_000,
                    "search_epochs": args.search_epochs, "warmup_epochs": args.warmup_epochs,
                    "train_epochs": args.train_epochs, "seeds": list(range(args.seed, args.seed + args.seeds)), "batch_size": cfg.batch_size,
+                   "search_seed": args.search_seed, "skip_drop": args.skip_drop,
+                   "found_seeds": list(range(args.search_seed, args.search_seed + args.seeds)),
                    "weights": cfg.weights, "loss": "abs", "weight": cfg.weight, "lat_temperature": cfg.lat_temperature,
                    "arch_lr": cfg.arch_lr, "search_lr": cfg.search_lr, "calibrate": args.calibrate,
                    "timing": "executorch (XNNPACK), local, 1 thread, " + ("quick" if args.smoke else "default")
@@ -815,6 +826,13 @@ def main() -> int:
                     help="training seeds of every network trained from scratch (count, at least 2; default 2). The "
                          "searches' runs train their found network with 2; the benchmark trains it with the rest. "
                          "Raised on a finished work folder, only the missing seeds are trained")
+    ap.add_argument("--skip-drop", type=float, default=0.0,
+                    help="the searches' stochastic depth (`hwnas run --skip-drop`: each skippable layer skipped with "
+                         "this probability in a weight step; share, 0 to below 1; default 0). Run folders and result "
+                         "are named after it; the family and the random networks are reused")
+    ap.add_argument("--search-seed", type=int,
+                    help="seed of the searches' runs (sampling, supernet weights, calibration draw) and first training "
+                         "seed of their found networks (default: --seed). Run folders and result are named after it")
     ap.add_argument("--out", help="folder of the result files (default benchmarks/results; smoke: the work folder)")
     ap.add_argument("--smoke", action="store_true",
                     help="a check of the script only, a few minutes: 600 images, 1 epoch, 2 search epochs, "
@@ -828,6 +846,10 @@ def main() -> int:
     for name in ("limit", "train_epochs", "search_epochs", "random"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give a whole number of at least 1")
+    if args.search_seed is None:
+        args.search_seed = args.seed
+    if not 0 <= args.skip_drop < 1:
+        ap.error(f"--skip-drop {args.skip_drop:g}: give a share from 0 to below 1")
     if args.seeds < 2:
         ap.error(f"--seeds {args.seeds}: give at least 2 (the seed-to-seed spread needs two)")
     if args.limit < 128:
@@ -850,7 +872,8 @@ def main() -> int:
     except HwnasError as e:  # the probe run could not reach its predictor: nothing to search with
         print(f"search_quality: {e}", file=sys.stderr)
         return 1
-    out = out_dir / f"search_quality{tag}-{res['date']}{'-smoke' if smoke else ''}.json"
+    variant = search_tag(args) + (f"-seeds{args.seeds}" if args.seeds != 2 else "")
+    out = out_dir / f"search_quality{tag}-{res['date']}{variant}{'-smoke' if smoke else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
     plot(res, png)

@@ -6,7 +6,8 @@ result file (run it first):
 
     .venv/bin/python benchmarks/supernet_variants_tau.py --variant uniform-ops [--result <file>.json]
 
-Variants (each patched in here for this process, none an option of the product unless it earns one):
+Variants (each patched in here for this process, none an option of the product unless it earns one;
+skip-more has become one, `hwnas run --skip-drop`, and runs through it):
 
 - ``uniform-ops``: every weight step draws each layer's op uniformly instead of from p (widths are
   uniform in both). Asks whether the ops near the latency target being trained more is what ranks
@@ -20,7 +21,7 @@ Variants (each patched in here for this process, none an option of the product u
   smallest and the larger ones grow out of it): nn's own draw instead. Asks whether starting equal is
   what keeps a short search from telling e6 from e3.
 - ``skip-more``: in every weight step each layer that can be skipped is skipped with probability
-  ``SKIP_SHARE`` (else its op comes from p as before): stochastic depth on the supernet, so that later
+  ``SKIP_SHARE`` (the run's ``skip_drop``; else its op comes from p as before): stochastic depth on the supernet, so that later
   layers learn to work without the ones before them (benchmarks/skip_penalty.py measured that the
   default supernet charges a skipped layer about a point that training from scratch does not).
 - ``longer``: nothing changed but the search's length (``--search-epochs``, default 6 as in the
@@ -61,7 +62,7 @@ SKIP_PAIRS = ROOT / "benchmarks" / "results" / "skip_penalty-2026-12-02.json"
 _from_p = Supernet.sample_paths
 
 
-def _uniform_ops(self, gen, widths=True):
+def _uniform_ops(self, gen, widths=True, skip_drop=0.0):
     """The weight step (widths=False) draws each layer's op uniformly; the architecture step as before."""
     if widths:
         return _from_p(self, gen, widths)
@@ -100,23 +101,6 @@ def _mapped_dw_weight(self, s):
 SKIP_SHARE = 0.25
 
 
-def _skip_more(self, gen, widths=True):
-    """The weight step (widths=False): a skippable layer skipped with probability SKIP_SHARE, else p."""
-    if widths:
-        return _from_p(self, gen, widths)
-    out = []
-    layers = [lay for lay in self.space.layers if lay.searchable]
-    for m, lay in zip(self.mixed, layers):
-        zero = [j for j, c in enumerate(lay.candidates) if c.kind == "zero"]
-        if zero and float(torch.rand(1, generator=gen)) < SKIP_SHARE:
-            c = zero[0]
-        else:
-            c = int(torch.multinomial(m.probs.detach(), 1, generator=gen))
-        m.set_path(c)
-        out.append(c)
-    return out
-
-
 def _patch(variant: str) -> None:
     if variant == "uniform-ops":
         Supernet.sample_paths = _uniform_ops
@@ -124,9 +108,7 @@ def _patch(variant: str) -> None:
         SharedMBConv.__init__, SharedMBConv._dw_weight = _init_with_maps, _mapped_dw_weight
     elif variant == "nn-init":
         SharedMBConv._start_as_smallest = lambda self: None
-    elif variant == "skip-more":
-        Supernet.sample_paths = _skip_more
-    elif variant != "longer":
+    elif variant not in ("longer", "skip-more"):
         raise SystemExit(f"--variant {variant}: use uniform-ops, kernel-maps, nn-init, skip-more or longer")
 
 
@@ -156,7 +138,8 @@ def main() -> None:
     cli = argparse.Namespace(smoke=False, calibrate=10, search_epochs=args.search_epochs, warmup_epochs=1, train_epochs=3,
                              limit=10000, seed=args.seed)
     sq.SPACE = "tiny-mnist-w"
-    run(sq._cfg(cli, W, exp.name, 0.126), sq._Progress(args.variant), until="search")
+    cli.skip_drop, cli.search_seed = (SKIP_SHARE if args.variant == "skip-more" else 0.0), args.seed
+    run(sq._cfg(cli, W, exp.name, 0.126, search=True), sq._Progress(args.variant), until="search")
     res = json.loads(Path(args.result).read_text())
     rows = res["supernet"]["networks"]
     seeds = sq.seeds_by_name(res)

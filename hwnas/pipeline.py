@@ -66,6 +66,7 @@ class RunConfig:
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
     weights: str = "shared"  # supernet candidates: shared (superkernel + elastic expand) or separate (ProxylessNAS)
     weight_paths: str = "one"  # one: each weight step trains a sampled path; sandwich: also the largest and smallest
+    skip_drop: float = 0.0  # weight steps: each skippable layer skipped with this probability, else p (0..1)
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps
     loss: str = "abs"  # abs: CE + weight * |LAT / T - 1| (TuNAS), the target steers a short search; see search.latency
@@ -128,6 +129,8 @@ class RunConfig:
 
         if self.weight_paths not in WEIGHT_PATHS:
             raise RunError(f"--weight-paths {self.weight_paths}: use one of {', '.join(WEIGHT_PATHS)}")
+        if not (math.isfinite(self.skip_drop) and 0 <= self.skip_drop < 1):
+            raise RunError(f"--skip-drop {self.skip_drop:g}: give a share of weight steps from 0 to below 1")
         if not self.lat_temperature > 0:
             raise RunError("--lat-temperature must be positive")
         for name in ("threads", "search_epochs", "train_epochs", "batch_size", "arch_every", "seeds", "processes"):
@@ -428,7 +431,7 @@ def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[SearchSt
     scfg = SearchConfig(space=cfg.space, data=cfg.data, out=str(out), epochs=cfg.search_epochs,
                         warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
                         arch_every=cfg.arch_every, lr=cfg.search_lr, weights=cfg.weights,
-                        weight_paths=cfg.weight_paths,
+                        weight_paths=cfg.weight_paths, skip_drop=cfg.skip_drop,
                         loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, weight=cfg.weight,
                         lat_temperature=cfg.lat_temperature, target_ms=target, seed=cfg.seed,
                         limit=cfg.limit, predictor=str(run.path(PREDICTOR_FILE)), threads=_train_threads(cfg))

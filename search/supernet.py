@@ -444,6 +444,9 @@ class Supernet(nn.Module):
         # one row of width logits per stage (none in a space without width choices)
         self.width_choices = nn.ModuleList(_WidthChoice(len(space.widths)) for _ in range(self.width_stages))
         self._widths: list[int] = [len(space.widths) - 1] * self.width_stages
+        # per searchable layer, the index of its zero op (the layer skipped), or None
+        self._zero_ops = [next((j for j, c in enumerate(layer.candidates) if c.kind == "zero"), None)
+                          for layer in space.layers if layer.searchable]
 
     # ---- parameters -----------------------------------------------------------------------
     @property
@@ -516,12 +519,21 @@ class Supernet(nn.Module):
         return x
 
     # ---- sampling (the generator is shared and seeded, so every rank draws the same paths) --
-    def sample_paths(self, gen: torch.Generator, widths: bool = True) -> list[int]:
+    def sample_paths(self, gen: torch.Generator, widths: bool = True, skip_drop: float = 0.0) -> list[int]:
         """One path per layer, drawn from ``p``, and (with width choices and ``widths``) one width
-        per stage; set as the active paths. Returns the choices (ops, then any widths drawn)."""
+        per stage; set as the active paths. Returns the choices (ops, then any widths drawn).
+
+        ``skip_drop`` (weight steps only): each layer that has a zero op takes it with this
+        probability, else a path from ``p`` (stochastic depth, Huang et al. 2016, as the weight steps'
+        path sampler). Later layers then see inputs with a layer dropped as often as a sub-network
+        that skips one gives them, which is what a skipping sub-network inherits; with 0 no extra
+        random number is drawn, so the default's paths are unchanged."""
         choices = []
-        for m in self.mixed:
-            c = int(torch.multinomial(m.probs.detach(), 1, generator=gen))
+        for m, zero in zip(self.mixed, self._zero_ops):
+            if skip_drop > 0 and zero is not None and float(torch.rand(1, generator=gen)) < skip_drop:
+                c = zero
+            else:
+                c = int(torch.multinomial(m.probs.detach(), 1, generator=gen))
             m.set_path(c)
             choices.append(c)
         if self.width_stages and widths:

@@ -78,6 +78,7 @@ class SearchConfig:
     mode: str = "binary"  # binary | reinforce | all
     weights: str = "separate"  # separate (ProxylessNAS) | shared (superkernel + elastic expand; see search.supernet)
     weight_paths: str = "one"  # one | sandwich: each weight step also trains the largest and smallest network
+    skip_drop: float = 0.0  # weight steps: each skippable layer skipped with this probability, else p (0..1)
     loss: str = "add"  # add | mul
     lam: float = 0.1  # additive loss weight, 1/ms
     beta: float = 0.3  # multiplicative loss exponent
@@ -119,6 +120,10 @@ class SearchConfig:
             raise SearchError(f"--weight-paths {self.weight_paths}: use one of {', '.join(WEIGHT_PATHS)}")
         if self.weight_paths == "sandwich" and self.mode == "all":
             raise SearchError("--weight-paths sandwich samples paths; the all-paths mode runs every path already")
+        if not (_finite(self.skip_drop) and 0 <= self.skip_drop < 1):
+            raise SearchError(f"--skip-drop {self.skip_drop}: give a share of weight steps from 0 to below 1")
+        if self.skip_drop > 0 and self.mode == "all":
+            raise SearchError("--skip-drop samples paths; the all-paths mode runs every path already")
         if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise SearchError("need epochs >= 1 and 0 <= warmup epochs <= epochs")
         if not self.lat_temperature > 0:
@@ -454,7 +459,7 @@ def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
         x, y = x.to(d.device), y.to(d.device)
         # -- weight step: one sampled path per layer (all paths in the DARTS baseline)
         if cfg.mode != "all":
-            net.sample_paths(s.gen, widths=False)
+            net.sample_paths(s.gen, widths=False, skip_drop=cfg.skip_drop)
         if net.width_stages:
             # each stage's width drawn uniformly, not from p (see the module's docstring)
             net.sample_widths(s.gen, uniform=True)

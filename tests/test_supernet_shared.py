@@ -253,3 +253,38 @@ def test_shared_weights_work_with_every_architecture_mode(mode):
         net.sample_pairs(gen)
         F.cross_entropy(net(x), y).backward()
         assert all(m.alpha.grad is not None and m.alpha.grad.abs().sum() > 0 for m in net.mixed)
+
+
+def test_skip_drop_skips_each_skippable_layer_at_its_rate_and_leaves_the_default_paths_alone():
+    """--skip-drop P: in a weight step each layer with a zero op takes it with probability P (the
+    others draw from p as always); P = 0 draws exactly the default's paths, from the same stream."""
+    space = load_space(SPACE)
+    net = Supernet(space, "binary", weights="shared")
+    zero = [next((j for j, c in enumerate(space.layers[i].candidates) if c.kind == "zero"), None)
+            for i in space.searchable]
+    assert sum(z is not None for z in zero) == 4
+    with torch.no_grad():  # p pinned away from the zero ops: a skip can only come from skip_drop
+        for m, z in zip(net.mixed, zero):
+            if z is not None:
+                m.alpha[z] = -30.0
+    gen = torch.Generator().manual_seed(3)
+    draws = [net.sample_paths(gen, widths=False, skip_drop=0.4) for _ in range(500)]
+    for i, z in enumerate(zero):
+        share = sum(d[i] == z for d in draws) / len(draws) if z is not None else None
+        if z is None:
+            continue
+        assert 0.33 < share < 0.47, (i, share)  # 0.4 +- 3.5 standard errors of 500 draws
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert [net.sample_paths(a, widths=False) for _ in range(20)] == \
+        [net.sample_paths(b, widths=False, skip_drop=0.0) for _ in range(20)]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
+def test_skip_drop_outside_0_to_1_is_refused_in_one_line(tmp_path, bad):
+    from hwnas.pipeline import RunConfig, RunError
+    from search.train import SearchConfig
+
+    with pytest.raises(SearchError, match="--skip-drop"):
+        SearchConfig(space=SPACE, data="digits", out=str(tmp_path / "s"), skip_drop=bad).check()
+    with pytest.raises(RunError, match="--skip-drop"):
+        RunConfig(out=str(tmp_path / "r"), target_ms=1.0, skip_drop=bad).check()

@@ -394,3 +394,27 @@ def test_the_sandwich_trains_the_largest_network_even_when_p_leans_to_the_smalle
     assert all(space.layers[i].candidates[c].kind != "zero" for i, c in zip(space.searchable, smallest[:7]))
     _, without = ring_moved("one")
     assert with_sandwich > 0 and without < 1e-3 * with_sandwich, (with_sandwich, without)
+
+
+def test_skip_drop_reaches_the_weight_steps_of_a_search(tmp_path):
+    """--skip-drop P from the search's options to its weight steps: with p pinned to k3e3, only the
+    stochastic depth can skip a layer, and it does in about P of the skippable layers' steps."""
+    from search.train import SearchConfig, SearchProgress, _epoch, _setup
+
+    cfg = SearchConfig(space=SPACE, data="digits", out=str(tmp_path / "s"), epochs=2, warmup_epochs=1,
+                       batch_size=32, limit=400, weights="shared", loss="hinge", target_ms=1e3, skip_drop=0.5)
+    s = _setup(cfg, FlopsMs(), False, SearchProgress())
+    with torch.no_grad():
+        for m in s.net.mixed:
+            m.alpha.fill_(-20.0)
+            m.alpha[0] = 20.0  # p(candidate 0: k3e3) = 1
+    space = load_space(SPACE)
+    zero = [next((j for j, c in enumerate(space.layers[i].candidates) if c.kind == "zero"), None)
+            for i in space.searchable]
+    drawn = []
+    sample = s.net.sample_paths
+    s.net.sample_paths = lambda gen, **kw: drawn.append(sample(gen, **kw)) or drawn[-1]
+    _epoch(s, 0, SearchProgress())  # a warm-up epoch: weight steps only
+    skips = [c == z for d in drawn for c, z in zip(d, zero) if z is not None]
+    assert len(drawn) >= 8 and 0.25 < sum(skips) / len(skips) < 0.75, (len(drawn), sum(skips), len(skips))
+    assert all(c == 0 for d in drawn for c, z in zip(d, zero) if z is None)  # the others follow p

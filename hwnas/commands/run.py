@@ -17,7 +17,9 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "device": (str, "device spec: local, local:cuda, adb:SERIAL, adb:HOST:PORT, rpc:HOST:PORT/KEY"),
     "backend": (str, "compiler/runtime: executorch, tvm or torch"),
     "space": (str, "search space name (`hwnas spaces`) or a space .yaml file"),
-    "data": (str, "mnist5k (5,000 MNIST digits, offline), digits (scikit-learn), or a folder of class folders"),
+    "data": (str, "fashion-mnist (Debian's dataset-fashion-mnist: 60,000 train and the official 10,000 test images; "
+                    "--limit N for a subset), mnist5k (5,000 MNIST digits, offline), digits (scikit-learn), or a folder "
+                    "of class folders"),
     "target_ms": (float, "latency target of the found network (ms, whole network, batch 1)"),
     "target_speedup": (float, "instead of --target-ms: aim at the fastest --baseline network's predicted latency "
                               "divided by this factor (x; 1.2 = 1.2x faster), whatever this machine's speed"),
@@ -34,6 +36,10 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
                           "probabilities; ProxylessNAS) or sandwich (also the space's largest and smallest "
                           "networks, gradients summed: BigNAS, Once-for-All; 3x the step's cost; on tiny-mnist-w it "
                           "raised the supernet's accuracy but lowered Kendall tau, 0.33 to 0.15)"),
+    "skip_drop": (float, "stochastic depth in the search's weight steps: each layer that may be skipped is "
+                         "skipped with this probability, else its path is drawn from the probabilities (share, "
+                         "0 to below 1; 0: off). Sub-networks that skip a layer then inherit fairer accuracies "
+                         "(README: the skip penalty)"),
     "search_epochs": (int, "search epochs, warm-up included (count)"),
     "warmup_epochs": (int, "weight-only epochs before the architecture is updated (count)"),
     "loss": (str, "latency loss: abs (CE + weight * |LAT / T - 1|: steers to T), ratio (CE * (LAT / T)^beta), ceiling (CE * max(1, LAT / T)^beta: T binds), hinge (CE + weight * max(0, LAT / T - 1)), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),
