@@ -207,7 +207,7 @@ def test_each_block_is_timed_in_two_processes_and_the_faster_is_kept(tmp_path, c
     """By default a block is timed in two fresh timing processes; the row keeps the one with the lower
     median and records both medians and the two processes' ids."""
     db = tmp_path / "p.db"
-    r = profile(TINY[:2], "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir)
+    r = profile(TINY[:2], "torch", db, protocol=TimingProtocol.quick(), cache_dir=cache_dir, extra_processes=0)
     assert r.process_passes == 2
     with Store(db) as st:
         df = st.dataframe()
@@ -219,6 +219,27 @@ def test_each_block_is_timed_in_two_processes_and_the_faster_is_kept(tmp_path, c
     one = profile(TINY[:1], "torch", tmp_path / "one.db", protocol=TimingProtocol.quick(), cache_dir=cache_dir,
                   processes=1)
     assert one.process_passes == 1 and "processes" not in one.measured[0].env_after
+
+
+def test_a_block_whose_two_processes_disagree_is_timed_in_more(tmp_path, cache_dir):
+    """Two processes whose medians are not within process_agree of each other: a third, then a fourth
+    (extra_processes 2), each recorded, the lowest kept. process_agree 0 makes every pair disagree."""
+    from profiler.harness import processes_disagree
+
+    r = profile(TINY[:1], "torch", tmp_path / "x.db", protocol=TimingProtocol.quick(), cache_dir=cache_dir,
+                extra_processes=2, process_agree=0.0)
+    m = r.measured[0]
+    proc = m.env_after["processes"]
+    assert r.process_passes == 4 and len(proc["median_ms"]) == 4 and len(set(proc["pid"])) == 4
+    assert m.median_ms == pytest.approx(min(proc["median_ms"]))
+    lone = profile(TINY[:1], "torch", tmp_path / "y.db", protocol=TimingProtocol.quick(), cache_dir=cache_dir,
+                   processes=1, extra_processes=2, process_agree=0.0)
+    assert lone.process_passes == 1  # one process asked for: nothing to disagree with
+    row = lambda meds: m.__class__(m.block_key, m.config, "ok", stats={"median_ms": meds[0]},  # noqa: E731
+                                   env_after={"processes": {"median_ms": meds, "kept": 0}})
+    assert processes_disagree(row([1.0, 1.06]), 0.03) and not processes_disagree(row([1.0, 1.02]), 0.03)
+    assert not processes_disagree(row([1.0, 1.2, 1.01]), 0.03)  # two agree on the lowest
+    assert not processes_disagree(row([1.0, None]), 0.03) and not processes_disagree(row([1.0]), 0.03)
 
 
 def test_keep_better_prefers_a_trusted_timing_then_the_lower_median():

@@ -85,7 +85,8 @@ def register(sub) -> None:
                    help="time each block in N fresh timing processes on this host and keep the fastest "
                         "process's samples (a block's time shifts as a whole from one process to the next: "
                         "where its buffers land in the caches); every process's median is stored with the "
-                        "row (count; 1: one process, half the timing time)")
+                        "row; with 2 or more, a block whose processes' medians are not within 3 %% of each "
+                        "other is timed in up to 2 more (count; 1: one process, half the timing time)")
     p.add_argument("--limit", type=int, help="profile only the first N blocks of the space (count)")
     _adb_args(p, runner=True)
     g = p.add_argument_group("timing protocol")
