@@ -383,7 +383,10 @@ def part_supernet(args, root: Path, wall: _Wall, runs: list[dict[str, Any]], net
     found = NetResult(name=f"found {mid['target_ms']:g} ms", family="found", key=mid["key"], choices=mid["choices"],
                       test_acc=mid["test_acc"], test_acc_seeds=mid["test_acc_seeds"], measured_ms=mid["measured_ms"])
     subs.append(found)
-    done = root / "inherited.json"  # choices -> inherited accuracy (deterministic: computed once)
+    # choices -> inherited accuracy, one file per supernet (deterministic for a supernet: computed once).
+    # Before 2026-12-03 one root/inherited.json served every search of the work folder, so a search
+    # seed's or --skip-drop's supernet reused the default's numbers; that file is no longer read.
+    done = inherited_cache(root, Path(mid["run"]))
     cached = json.loads(done.read_text()) if done.exists() else {}
     todo = [n for n in subs if json.dumps(n.choices) not in cached]
     if todo:
@@ -403,6 +406,11 @@ def part_supernet(args, root: Path, wall: _Wall, runs: list[dict[str, Any]], net
     wall.add("4_supernet", time.perf_counter() - t0)
     return dict(out, networks=rows, n=len(pairs), kendall_tau=tau, kendall_p=p,
                 scratch_split_half=split_half_tau(subs, [r["inherited_acc"] for r in rows]))
+
+
+def inherited_cache(root: Path, run: Path) -> Path:
+    """Where the inherited accuracies of the supernet of search run `run` are kept."""
+    return root / "inherited" / f"{run.name}.json"
 
 
 def seeds_by_name(res: dict[str, Any]) -> dict[str, list[float]]:

@@ -48,3 +48,30 @@ def test_t_margin_narrows_with_seeds_where_the_largest_gap_widens():
     four = t_margin(net("a", [0.8] * 4), net("b", [0.8] * 4), pooled_std=0.009, dof=60)
     assert four < two
     assert two == pytest.approx(2.086 * 0.009 * 1.0, rel=1e-3)  # t(0.975, 20) = 2.086
+
+
+def test_each_supernet_keeps_its_own_inherited_accuracies(tmp_path, monkeypatch):
+    """Two searches in one work folder (a second search seed, --skip-drop) must each be scored with their
+    own supernet: the cache of inherited accuracies is per supernet, not per sub-network alone."""
+    import search.train
+    from benchmarks import search_quality as sq
+
+    calls = []
+
+    def fake_inherited(search_dir, choices, threads):  # the supernet's folder decides the numbers
+        calls.append(search_dir.parent.name)
+        base = 0.5 if search_dir.parent.name == "target-a" else 0.7
+        return [base + 0.01 * i for i in range(len(choices))]
+
+    monkeypatch.setattr(search.train, "inherited_accuracy", fake_inherited)
+    nets = [NetResult(name=n, family="random", key=n, choices=[i], test_acc=0.8 + 0.02 * i, test_acc_seeds=[0.8, 0.81])
+            for i, n in enumerate("abc")]
+    got = {}
+    for name in ("target-a", "target-b", "target-a"):
+        run = {"run": str(tmp_path / name), "target_ms": 0.1, "key": "k", "choices": [9], "test_acc": 0.8,
+               "test_acc_seeds": [0.8, 0.8], "measured_ms": 0.1}
+        out = sq.part_supernet(None, tmp_path, sq._Wall(tmp_path), [run], nets)
+        got.setdefault(name, []).append([r["inherited_acc"] for r in out["networks"]])
+    assert got["target-a"][0] == got["target-a"][1]  # the second call for target-a reads its cache
+    assert got["target-b"][0] != got["target-a"][0]
+    assert calls == ["target-a", "target-b"]
