@@ -451,27 +451,26 @@ def split_half_tau(subs: list[NetResult], inherited: list[float]) -> dict[str, A
 # ---- 5. and 6. analysis ----------------------------------------------------------------------
 
 def seed_spread(nets: list[NetResult]) -> dict[str, Any]:
-    """Largest gap between two seeds of any network (max - min of its seeds) and the pooled standard deviation of a training
-    (sqrt of the summed squared deviations from each network's mean over the summed degrees of
-    freedom), in accuracy shares."""
+    """Largest gap between two seeds of any network (max - min of its seeds) and the pooled standard
+    deviation of a training (`hwnas.report.pooled_seed_std`), in accuracy shares."""
+    from hwnas.report import pooled_seed_std
+
     many = [n for n in nets if len(n.test_acc_seeds) > 1]
     if not many:
         return {"max_abs_diff": None, "pooled_std": None, "networks": 0}
     worst = max(many, key=lambda n: max(n.test_acc_seeds) - min(n.test_acc_seeds))
-    ss = sum(float(np.sum((np.array(n.test_acc_seeds) - np.mean(n.test_acc_seeds)) ** 2)) for n in many)
-    dof = sum(len(n.test_acc_seeds) - 1 for n in many)
+    sd, dof = pooled_seed_std([n.test_acc_seeds for n in many])
     return {"max_abs_diff": max(worst.test_acc_seeds) - min(worst.test_acc_seeds), "max_abs_diff_network": worst.name,
-            "pooled_std": float(np.sqrt(ss / dof)), "dof": dof, "networks": len(many)}
+            "pooled_std": sd, "dof": dof, "networks": len(many)}
 
 
 def t_margin(f: NetResult, b: NetResult, pooled_std: float, dof: int) -> float:
     """Half-width (accuracy share) of the 95 % confidence interval of the difference between the mean
-    accuracies of ``f`` and ``b`` (Student's t with the pooled seed variance): two networks whose means
-    differ by less are as accurate as far as their seeds can tell. Unlike the largest seed gap, which
-    grows with every seed added (the range of more draws), this narrows with more seeds."""
-    from scipy.stats import t
+    accuracies of ``f`` and ``b`` (`hwnas.report.mean_margin`): two networks whose means differ by less
+    are as accurate as far as their seeds can tell."""
+    from hwnas.report import mean_margin
 
-    return float(t.ppf(0.975, dof) * pooled_std * np.sqrt(1 / len(f.test_acc_seeds) + 1 / len(b.test_acc_seeds)))
+    return mean_margin(len(f.test_acc_seeds), len(b.test_acc_seeds), pooled_std, dof)
 
 
 def architecture_effect(nets: list[NetResult]) -> dict[str, Any]:

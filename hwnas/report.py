@@ -334,6 +334,26 @@ def summary(run: Path) -> dict[str, Any]:
     return s
 
 
+def pooled_seed_std(seed_accs: list[list[float]]) -> tuple[float, int] | None:
+    """Pooled seed-to-seed standard deviation of test accuracy over networks trained with several seeds
+    (the square root of the summed squared deviations from each network's mean over the summed degrees of
+    freedom), with its degrees of freedom; None where no network has two seeds."""
+    many = [np.asarray(a, dtype=float) for a in seed_accs if len(a) > 1]
+    dof = sum(len(a) - 1 for a in many)
+    if not dof:
+        return None
+    return float(np.sqrt(sum(float(np.sum((a - a.mean()) ** 2)) for a in many) / dof)), dof
+
+
+def mean_margin(n_a: int, n_b: int, pooled_std: float, dof: int) -> float:
+    """Half-width of the 95 % confidence interval of the difference between two networks' mean accuracies
+    over ``n_a`` and ``n_b`` seeds (Student's t on the pooled seed variance). Unlike the largest seed gap,
+    which grows with every seed added, this narrows with more seeds."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof) * pooled_std * np.sqrt(1 / n_a + 1 / n_b))
+
+
 def _gap(d: float) -> str:
     """An accuracy difference in points, signed in words: what a verdict of equal accuracy hides."""
     return "equally accurate" if abs(d) < 5e-5 else f"{100 * abs(d):.2f} points {'more' if d > 0 else 'less'} accurate"
@@ -351,7 +371,12 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: f
     ``found`` and each member: ``acc`` (mean test accuracy over seeds), ``accs`` (each seed's) and
     ``ms`` (measured latency). Two networks count as equally accurate where their accuracies differ
     by no more than the seed-to-seed spread (the largest difference between two seeds of one
-    network); with one seed per network there is no spread and no claim of equal accuracy.
+    network) *and* no more than the 95 % interval of the difference of their means (Student's t on
+    the pooled seed variance, see `mean_margin`), whichever is stricter. With 2 seeds and few networks
+    the spread usually is; with more seeds the spread widens (the range of more draws) while the
+    interval narrows, so the interval keeps the verdict from growing more lenient as seeds are added,
+    and the verdict says when it drew the line. With one seed per
+    network there is no spread and no claim of equal accuracy.
 
     ``beats_family``: the found network is at least ``win_speedup`` times faster than the fastest member
     that is as accurate within the spread, or it is more accurate, by more than the spread, than every
@@ -363,48 +388,64 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: f
                            "win_speedup": win_speedup, "beats_family": None}
     if not members:
         return dict(out, verdict=f"no {family} network was measured")
-    tol = out["seed_spread"]
-    if tol is None:
+    spread = out["seed_spread"]
+    if spread is None:
         return dict(out, verdict="one training per network: the seed-to-seed spread is unknown, so no two "
                                  "accuracies are called equal (give --seeds 2)")
-    accs = [found["acc"]] + [m["acc"] for m in members]
+    pooled = pooled_seed_std([found["accs"]] + [m["accs"] for m in members])
+
+    def tol(a: dict[str, Any], b: dict[str, Any]) -> float:
+        """How far apart two networks' mean accuracies may be and still count as equally accurate."""
+        if pooled is None or len(a["accs"]) < 2 or len(b["accs"]) < 2:
+            return spread
+        return min(spread, mean_margin(len(a["accs"]), len(b["accs"]), *pooled))
+
+    out["pooled_std"], out["dof"] = pooled if pooled else (None, None)
+    nets = [found] + members
     fastest = min(members, key=lambda m: m["ms"])
-    pts = f"{100 * tol:.2f} points"
-    peers = [m for m in members if abs(m["acc"] - found["acc"]) <= tol]  # as accurate, within the spread
-    better = [m for m in members if m["acc"] > found["acc"] + tol]  # clearly more accurate
+    pts = f"{100 * spread:.2f} points"
+    peers = [m for m in members if abs(m["acc"] - found["acc"]) <= tol(found, m)]  # as accurate
+    better = [m for m in members if m["acc"] > found["acc"] + tol(found, m)]  # clearly more accurate
     dominated = [m["op"] for m in better if m["ms"] <= found["ms"]]  # ... and no slower
     out.update(on_pareto_front=not dominated, dominated_by=dominated, more_accurate=[m["op"] for m in better],
-               all_equally_accurate=max(accs) - min(accs) <= tol)
+               all_equally_accurate=all(abs(a["acc"] - b["acc"]) <= tol(a, b) for a in nets for b in nets))
     bar = min(peers, key=lambda m: m["ms"]) if peers else None  # the fastest member as accurate
     if bar is not None:
-        out.update(peer=bar["op"], speedup=bar["ms"] / found["ms"])
+        out.update(peer=bar["op"], speedup=bar["ms"] / found["ms"], peer_margin=tol(found, bar))
     no_slower = [m for m in members if m["ms"] <= found["ms"]]
     out["goal_speedup_met"] = bar is not None and out["speedup"] >= win_speedup
-    out["goal_more_accurate_met"] = bool(no_slower) and all(found["acc"] > m["acc"] + tol for m in no_slower)
+    out["goal_more_accurate_met"] = bool(no_slower) and all(found["acc"] > m["acc"] + tol(found, m)
+                                                            for m in no_slower)
+    noise, label = "the seed spread", "spread"
+    if pooled is not None and any(tol(found, m) < spread for m in members):
+        # the interval, not the spread, drew the line (more than 2 seeds): say so
+        noise, label = "the seed noise", "noise:"
+        pts = (f"95 % interval of two means {100 * min(tol(found, m) for m in members):.2f} points at "
+               f"{max(len(n['accs']) for n in nets)} seeds, stricter than the largest seed gap {pts}")
     out["beats_family"] = out["goal_speedup_met"] or out["goal_more_accurate_met"]
     win = (f"a win: {out['speedup']:.2f}x faster than {family} {bar['op']}, the fastest {family} network as "
-           f"accurate within the seed spread ({_gap(found['acc'] - bar['acc'])}, spread {pts}; the bar is "
+           f"accurate within {noise} ({_gap(found['acc'] - bar['acc'])}, {label} {pts}; the bar is "
            f"{win_speedup:g}x)"
            if out["goal_speedup_met"] else
            f"a win: more accurate than every {family} network that is no slower "
-           f"({', '.join(m['op'] for m in no_slower)}) by more than the seed spread ({pts})")
+           f"({', '.join(m['op'] for m in no_slower)}) by more than {noise} ({pts})")
     if out["all_equally_accurate"]:
         who = (f"the found network is the fastest ({fastest['ms'] / found['ms']:.2f}x the speed of {family} "
                f"{fastest['op']})" if found["ms"] <= fastest["ms"]
                else f"{family} {fastest['op']} is faster than the found network")
-        out["verdict"] = (f"{win}; every network scores the same within the seed spread, and {who}"
+        out["verdict"] = (f"{win}; every network scores the same within {noise}, and {who}"
                           if out["beats_family"] else
-                          f"every network scores the same within the seed spread ({pts}): the fastest is the right "
+                          f"every network scores the same within {noise} ({pts}): the fastest is the right "
                           f"answer, and {who}")
     elif dominated:
-        out["verdict"] = (f"a loss: {family} {', '.join(dominated)} is no slower and more accurate by more than the "
-                          f"seed spread ({pts})")
+        out["verdict"] = (f"a loss: {family} {', '.join(dominated)} is no slower and more accurate by more than "
+                          f"{noise} ({pts})")
     elif out["beats_family"]:
         out["verdict"] = win + (f"; {family} {', '.join(m['op'] for m in better)} is more accurate, and slower"
                                 if better else "")
     elif better:
         out["verdict"] = (f"a trade, not a win: faster than {family} {', '.join(m['op'] for m in better)} but less "
-                          f"accurate by more than the seed spread ({pts})"
+                          f"accurate by more than {noise} ({pts})"
                           + (f"; {out['speedup']:.2f}x the speed of {family} {out['peer']}, as accurate "
                              f"({_gap(found['acc'] - bar['acc'])}; the bar for a win is {win_speedup:g}x)"
                              if out["speedup"] is not None else ""))
@@ -412,10 +453,10 @@ def compare(found: dict[str, Any], members: list[dict[str, Any]], win_speedup: f
         pace = (f"{out['speedup']:.2f}x faster than" if out["speedup"] >= 1
                 else f"{1 / out['speedup']:.2f}x slower than")
         out["verdict"] = (f"{pace} {family} {out['peer']}, the fastest {family} network as "
-                          f"accurate within the seed spread ({pts}); none is more accurate; the bar for a win is "
+                          f"accurate within {noise} ({pts}); none is more accurate; the bar for a win is "
                           f"{win_speedup:g}x")
     else:
-        out["verdict"] = f"more accurate than every {family} network by more than the seed spread ({pts})"
+        out["verdict"] = f"more accurate than every {family} network by more than {noise} ({pts})"
     return out
 
 
