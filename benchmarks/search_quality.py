@@ -279,7 +279,8 @@ def _time_nets(args, root: Path, nets: list[tuple[Any, NetResult]], part: str) -
     try:
         # as the pipeline times its networks; a failure stored by an earlier session is tried again
         profile([a for a, _ in todo], cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads,
-                protocol=timing_protocol(cfg), cache_dir=cfg.cache_dir, progress=_Progress(part), retry_failed=True)
+                protocol=timing_protocol(cfg), cache_dir=cfg.cache_dir, progress=_Progress(part), retry_failed=True,
+                processes=cfg.processes)
         crash = None
     except Exception as e:
         crash = _error(e)

@@ -160,7 +160,10 @@ class ProfileOptions:
     #: median and records every process's median (env_after.processes). Why: a block's time shifts as a
     #: whole from one process to the next (where its buffers land in the caches), by up to 20 % on a
     #: 2-vCPU VM with a CV of 2-4 % inside each process; the slow placements are the outliers, so the
-    #: lowest of two is what a second run finds again (see benchmarks/profile_agreement.py)
+    #: lowest of two is what a second run finds again (see benchmarks/profile_agreement.py). Not three:
+    #: replaying recorded process medians promised 97 % of blocks within 5 % across profiles with three
+    #: (benchmarks/process_count.py), but a real pair of three-process profiles gave 92.9 %, the
+    #: first of them slowed as a whole by the host (2026-12-03, profile_agreement-20261203-0719.json)
     processes: int = 2
     #: and where those processes' medians still differ by more than ``process_agree`` (share of the
     #: lower), up to this many more processes, one at a time, for those blocks only: a block that drew

@@ -1,5 +1,7 @@
 """Every backend compiles and runs a block and agrees with eager PyTorch."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,30 @@ def test_tvm_builds_a_phone_gpu_library_with_opencl_kernels(tmp_path):
     lib = (tmp_path / "g.so").read_bytes()
     assert lib[:4] == b"\x7fELF" and lib[18] == 183  # e_machine 183: AArch64
     assert b"__kernel" in lib  # the OpenCL C source of the kernels travels in the library
+
+
+def test_executorch_runner_does_not_import_the_exporter(cache_dir):
+    """A fresh timing process loads and runs a .pte with the runtime alone: the bindings' Python module
+    would import executorch.exir (the whole exporter, seconds of every worker start); the runner's
+    output still matches eager PyTorch."""
+    import json
+    import subprocess
+    import sys
+
+    be = get_backend("executorch")
+    art = compile_model("executorch", KEYS[0], be.target_for("local"), {}, str(cache_dir))
+    code = (
+        "import json, sys\n"
+        "from profiler.backends import Artifact, get_backend\n"
+        f"art = Artifact.from_dict(json.loads({json.dumps(art)!r}))\n"
+        "runner = get_backend('executorch').load(art, 'local', 1)\n"
+        "runner.run()\n"
+        "print(json.dumps({'exir': sorted(m for m in sys.modules if m.startswith('executorch.exir')),\n"
+        "                  'out': runner.outputs()[0].ravel().tolist()}))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["exir"] == []
+    np.testing.assert_allclose(np.asarray(got["out"]), _eager(BlockSpec.from_key(KEYS[0])).ravel(), rtol=1e-3, atol=1e-4)
