@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
 import os
 import subprocess
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from benchmarks.search_targets import log, machine  # noqa: E402
+from profiler.interference import StreamRead, last_level_cache  # noqa: E402
 
 BLOCKS = {  # short name -> block key; "disagreed": off by more than 5 % between two quiet profiles
     "112x112x32 e1 k3": "expanded_conv-input:112x112x32-output:112x112x16-expand:1-kernel:3-stride:1-idskip:0",
@@ -49,40 +49,6 @@ BLOCKS = {  # short name -> block key; "disagreed": off by more than 5 % between
     "56x56x24 e3 k3 (agreed)": "expanded_conv-input:56x56x24-output:56x56x24-expand:3-kernel:3-stride:1-idskip:1",
 }
 STEADY = 0.05  # the quiet phases around a neighbour phase agree this closely (L1 reference) or it is not counted
-
-
-def _size_bytes(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    return int(text.rstrip("KMG")) * mult
-
-
-def last_level_cache(cpu: int) -> dict[str, int] | None:
-    """The highest-level data or unified cache of ``cpu`` from /sys: {"level", "bytes"}; None if unknown."""
-    best = None
-    for d in glob.glob(f"/sys/devices/system/cpu/cpu{cpu}/cache/index*"):
-        try:
-            kind = Path(d, "type").read_text().strip()
-            level = int(Path(d, "level").read_text())
-            size = _size_bytes(Path(d, "size").read_text())
-        except (OSError, ValueError):
-            continue
-        if kind in ("Data", "Unified") and (best is None or level > best["level"]):
-            best = {"level": level, "bytes": size}
-    return best
-
-
-class StreamRead:
-    """One read of a float32 buffer of ``nbytes`` (numpy sum: bandwidth-bound beyond the caches)."""
-
-    def __init__(self, nbytes: int):
-        self.a = np.ones(max(nbytes // 4, 1024), dtype=np.float32)
-        self.nbytes = self.a.nbytes
-
-    def run_ms(self) -> float:
-        t0 = time.perf_counter_ns()
-        self.a.sum()
-        return (time.perf_counter_ns() - t0) / 1e6
 
 
 _NEIGHBOUR = ("import os, sys, numpy as np\n"

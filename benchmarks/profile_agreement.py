@@ -15,7 +15,10 @@ the rows both runs trust that agree, and how many rows both runs trust are more 
 that escaped), and the median of the signed ratios (this run / quiet-1 - 1): a shift of every block one
 way (a systematic effect) rather than scatter. The results keep each run's per-block numbers (median,
 min, p10, samples, CV, flags, dropped/taken, signed ratio) under "per_block". The check's cost: the summed per-row timing wall time (load, warm-up, samples) of
-quiet-1 over quiet-nocheck.
+quiet-1 over quiet-nocheck. The memory reference (a read of twice the last-level cache the worker
+records beside each block): each run's median read, and against quiet-1 the median ratio of the two
+runs' reads (slower run over faster run) for the blocks more than 5 % apart and for the rest: above 1
+for the first and near 1 for the second says the disagreement came with a slower memory system.
 
     .venv/bin/python benchmarks/profile_agreement.py [--space proxyless-mobile] [--backend executorch]
         [--neighbours 2] [--runs quiet-1 quiet-2 quiet-nocheck busy busy-nocheck] [--force]
@@ -106,6 +109,9 @@ def per_block(df, ref=None) -> dict:
         if noise:
             d["dropped"] = int(noise.get("dropped", 0))
             d["taken"] = int(noise.get("taken", 0))
+            mem = noise.get("memory_reference")
+            if mem:  # the kept process's memory reference: the faster of its reads before and after
+                d["memory_ref_ms"] = round(min(mem["before_ms"], mem["after_ms"]), 4)
         if ref is not None and key in ref.index:
             d["ratio_to_quiet_1"] = round(float(r["median_ms"] / ref.loc[key, "median_ms"] - 1), 4)
         out[key] = d
@@ -139,6 +145,34 @@ def estimators(frames: dict, runs: list[str]) -> dict:
         if keys:
             out[name] = {rule: round(float(sum(abs(f(other[k]) / f(ref[k]) - 1) <= 0.05 for k in keys) / len(keys)), 4)
                          for rule, f in rules.items()} | {"blocks": len(keys)}
+    return out
+
+
+def memory_reference(per: dict, runs: list[str]) -> dict:
+    """Does the memory reference (a read of 2x the last-level cache beside each block's timing) see what
+    makes two profiles disagree? Per run: its median memory read (ms); against quiet-1, for the blocks
+    more than 5 % apart and for the rest, the median ratio of the two runs' memory reads, oriented so
+    that above 1 means the slower run's read was slower too."""
+    ref = per.get("quiet-1", {})
+    out = {}
+    for name in runs:
+        mem = [d["memory_ref_ms"] for d in per[name].values() if "memory_ref_ms" in d]
+        if not mem:
+            continue
+        row = {"median_ms": round(float(sorted(mem)[len(mem) // 2]), 4), "blocks": len(mem)}
+        if name != "quiet-1" and ref:
+            off, on = [], []
+            for key, d in per[name].items():
+                q = ref.get(key)
+                if not q or "memory_ref_ms" not in d or "memory_ref_ms" not in q:
+                    continue
+                slower_ratio = d["median_ms"] / q["median_ms"]
+                mem_ratio = d["memory_ref_ms"] / q["memory_ref_ms"]
+                (off if abs(slower_ratio - 1) > 0.05 else on).append(mem_ratio if slower_ratio >= 1 else 1 / mem_ratio)
+            med = lambda v: round(float(sorted(v)[len(v) // 2]), 3) if v else None  # noqa: E731
+            row |= {"off_by_5pct": len(off), "off_mem_ratio_slower_over_faster": med(off),
+                    "agreeing_mem_ratio_slower_over_faster": med(on)}
+        out[name] = row
     return out
 
 
@@ -223,6 +257,9 @@ def main() -> int:
     est = estimators(frames, args.runs)
     if est:
         results["estimators_within_5pct"] = est
+    mem = memory_reference(results["per_block"], args.runs)
+    if mem:
+        results["memory_reference"] = mem
     if "quiet-nocheck" in frames:
         results["check_cost_timing_wall_ratio"] = round(
             results["runs"]["quiet-1"]["timing_wall_s_sum"] / max(results["runs"]["quiet-nocheck"]["timing_wall_s_sum"],
@@ -252,6 +289,11 @@ def main() -> int:
     for name, e in results.get("estimators_within_5pct", {}).items():
         print(f"{name}: within 5 % of quiet-1 keeping " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in e.items()
                                                                    if k != "blocks") + f" ({e['blocks']} blocks)")
+    for name, r in results.get("memory_reference", {}).items():
+        extra = (f"; blocks off by > 5 %: {r['off_by_5pct']}, their memory reads slower run / faster run "
+                 f"{r['off_mem_ratio_slower_over_faster']} (agreeing blocks {r['agreeing_mem_ratio_slower_over_faster']})"
+                 if "off_by_5pct" in r else "")
+        print(f"{name}: memory reference (read of 2x LLC) median {r['median_ms']} ms{extra}")
     print(f"\nwrote {path}")
     return 0
 

@@ -112,6 +112,23 @@ HINT_TRUST = 1.5  # a stored quiet reference time is believed while this worker'
 _KERNEL = None  # the reference kernel, calibrated once per worker process (see profiler.interference)
 
 
+_STREAM = None  # the memory reference: a read of twice the last-level cache, made once per worker
+STREAM_FALLBACK_BYTES = 64 << 20  # where /sys does not give the last-level cache's size
+
+
+def _memory_reference(cores: list[int]):
+    """The worker's `StreamRead` (2x the last-level cache of its first core) and the fastest read it has
+    seen so far; recorded beside each block, not yet used to drop samples (see profiler.interference)."""
+    global _STREAM
+    if _STREAM is None:
+        from profiler.interference import StreamRead, last_level_cache
+
+        llc = last_level_cache(cores[0]) if cores else None
+        _STREAM = StreamRead(2 * llc["bytes"] if llc else STREAM_FALLBACK_BYTES)
+        _STREAM.best = _STREAM.best_ms(5)
+    return _STREAM
+
+
 def _reference_kernel():
     global _KERNEL
     if _KERNEL is None:
@@ -176,6 +193,7 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
     # the reference kernel and the waiting check watch this host's cores: meaningless for a remote device
     guarded = p.detect_interference and not remote
     kernel = _reference_kernel() if guarded else None  # calibrated before anything of the block is loaded
+    stream = _memory_reference(cores) if guarded else None
     hint = msg.get("reference_quiet_ms")
     if kernel is not None and hint and kernel.quiet_ms < HINT_TRUST * hint:
         # a faster run seen earlier on these cores: this worker was calibrated while they were busy. A far
@@ -191,6 +209,8 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
         env_before["memory"] = memory_backing()
         env_before["worker_pid"] = os.getpid()
 
+    # the memory reference before warm-up (its read evicts the caches, which warm-up refills)
+    mem_before = stream.best_ms(2) if stream is not None else None
     # warm-up: caches, lazy allocations, the runtime's first-call paths; never timed
     n, t_warm0, last = 0, time.perf_counter(), []
     while n < p.warmup_runs or (time.perf_counter() - t_warm0) * 1e3 < p.warmup_ms:
@@ -221,10 +241,15 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
                                        number)
     if record is not None:
         number = record.inner_runs[-1]  # samples may have been shortened beside a neighbour
+    mem_after = stream.best_ms(2) if stream is not None else None
     env_after = env_snapshot(cores)
     if record is not None:
         record.reference_quiet_ms = kernel.quiet_ms  # the lowest seen by now
         env_after["noise"] = record.to_dict()
+        stream.best = min(stream.best, mem_before, mem_after)
+        env_after["noise"]["memory_reference"] = {
+            "bytes": stream.nbytes, "before_ms": round(mem_before, 4), "after_ms": round(mem_after, 4),
+            "worker_best_ms": round(stream.best, 4)}
         if len(samples) < p.min_runs:
             # too few clean samples within the budget: the core was slowed or shared nearly all the time
             flags.append("interference")

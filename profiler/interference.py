@@ -28,7 +28,10 @@ times goes into the row (``env_after["noise"]``).
 
 Limits: a slowdown that lasts from before the worker starts to after it ends makes the calibration
 slow too (the reference then sees nothing; the waiting check still does on shared cores); contention
-for memory bandwidth by a neighbour on another core barely moves an L1-sized reference.
+for memory bandwidth by a neighbour on another core barely moves an L1-sized reference. For that, the
+worker reads a buffer of twice the last-level cache (`StreamRead`) before each block's warm-up and
+after its samples and records both reads (``env_after["noise"]["memory_reference"]``); nothing is
+dropped on it yet, since a memory neighbour moved blocks both ways (benchmarks/memory_neighbour.py).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["ReferenceKernel", "QuietTimes", "kernel_id", "CpuWait", "waited_too_long", "slow_reference",
-           "NoiseRecord", "chunk_size", "sample_guarded"]
+           "NoiseRecord", "chunk_size", "sample_guarded", "last_level_cache", "StreamRead"]
 
 
 def kernel_id() -> str:
@@ -155,6 +158,52 @@ class ReferenceKernel:
     def observe(self, ms: float) -> None:
         """A run faster than the calibration lowers the quiet time (min-based: nothing makes it faster)."""
         self.quiet_ms = min(self.quiet_ms, ms)
+
+
+def _size_bytes(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * mult
+
+
+def last_level_cache(cpu: int) -> dict[str, int] | None:
+    """The highest-level data or unified cache of ``cpu`` from /sys: {"level", "bytes"}; None if unknown."""
+    best = None
+    for d in glob.glob(f"/sys/devices/system/cpu/cpu{cpu}/cache/index*"):
+        try:
+            kind = Path(d, "type").read_text().strip()
+            level = int(Path(d, "level").read_text())
+            size = _size_bytes(Path(d, "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified") and (best is None or level > best["level"]):
+            best = {"level": level, "bytes": size}
+    return best
+
+
+class StreamRead:
+    """One read of a float32 buffer of ``nbytes`` (numpy sum: bandwidth-bound beyond the caches).
+
+    Sized at twice the last-level cache it is the memory reference: an L1-sized kernel does not feel
+    a neighbour on another core that competes for the shared cache and memory bandwidth, and the
+    blocks that disagree between profiles are the large-activation ones (benchmarks/memory_neighbour.py:
+    a 64 MiB read ran 1.08-1.40x slow in every phase of such a neighbour, the L1 kernel 1.00x).
+    """
+
+    def __init__(self, nbytes: int):
+        import numpy as np
+
+        self.a = np.ones(max(nbytes // 4, 1024), dtype=np.float32)
+        self.nbytes = self.a.nbytes
+
+    def run_ms(self) -> float:
+        t0 = time.perf_counter_ns()
+        self.a.sum()
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    def best_ms(self, runs: int = 3) -> float:
+        """The fastest of ``runs`` reads (ms): one read can be preempted; contention only adds time."""
+        return min(self.run_ms() for _ in range(runs))
 
 
 class CpuWait:

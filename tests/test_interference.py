@@ -232,3 +232,22 @@ def test_the_quick_protocol_passes_no_verdict_on_noise(tmp_path, cache_dir):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_each_row_records_a_memory_reference_read_beside_its_timing(tmp_path, cache_dir):
+    """Beside every block, the worker reads a buffer of twice the timing core's last-level cache (the
+    memory reference an L1 kernel cannot stand in for), before warm-up and after the samples, and
+    records both reads and the fastest it has seen."""
+    from profiler.interference import StreamRead, last_level_cache
+
+    proto = TimingProtocol(warmup_runs=2, warmup_ms=2.0, min_runs=5, max_runs=20, max_seconds=2.0, min_sample_ms=0.5)
+    r = profile(TINY[:2], "torch", tmp_path / "m.db", cores=str(CORE), protocol=proto, cache_dir=cache_dir,
+                processes=1, retime_flagged=0)
+    llc = last_level_cache(CORE)
+    for m in r.measured:
+        mem = m.env_after["noise"]["memory_reference"]
+        assert mem["bytes"] == (2 * llc["bytes"] if llc else 64 << 20)
+        assert 0 < mem["worker_best_ms"] <= min(mem["before_ms"], mem["after_ms"])
+    # a read of 4 MiB takes longer than one of 64 KiB: the reference measures the bytes it reads
+    big, small = StreamRead(4 << 20), StreamRead(64 << 10)
+    assert big.nbytes == 4 << 20 and big.best_ms(5) > small.best_ms(5)
