@@ -148,6 +148,10 @@ def estimators(frames: dict, runs: list[str]) -> dict:
     return out
 
 
+def _upper_median(values: list[float]) -> float:
+    return float(sorted(values)[len(values) // 2])
+
+
 def memory_reference(per: dict, runs: list[str]) -> dict:
     """Does the memory reference (a read of 2x the last-level cache beside each block's timing) see what
     makes two profiles disagree? Per run: its median memory read (ms); against quiet-1, for the blocks
@@ -159,7 +163,7 @@ def memory_reference(per: dict, runs: list[str]) -> dict:
         mem = [d["memory_ref_ms"] for d in per[name].values() if "memory_ref_ms" in d]
         if not mem:
             continue
-        row = {"median_ms": round(float(sorted(mem)[len(mem) // 2]), 4), "blocks": len(mem)}
+        row = {"median_ms": round(_upper_median(mem), 4), "blocks": len(mem)}
         if name != "quiet-1" and ref:
             off, on = [], []
             for key, d in per[name].items():
@@ -169,9 +173,9 @@ def memory_reference(per: dict, runs: list[str]) -> dict:
                 slower_ratio = d["median_ms"] / q["median_ms"]
                 mem_ratio = d["memory_ref_ms"] / q["memory_ref_ms"]
                 (off if abs(slower_ratio - 1) > 0.05 else on).append(mem_ratio if slower_ratio >= 1 else 1 / mem_ratio)
-            med = lambda v: round(float(sorted(v)[len(v) // 2]), 3) if v else None  # noqa: E731
-            row |= {"off_by_5pct": len(off), "off_mem_ratio_slower_over_faster": med(off),
-                    "agreeing_mem_ratio_slower_over_faster": med(on)}
+            row |= {"off_by_5pct": len(off),
+                    "off_mem_ratio_slower_over_faster": round(_upper_median(off), 3) if off else None,
+                    "agreeing_mem_ratio_slower_over_faster": round(_upper_median(on), 3) if on else None}
         out[name] = row
     return out
 

@@ -117,15 +117,15 @@ STREAM_FALLBACK_BYTES = 64 << 20  # where /sys does not give the last-level cach
 
 
 def _memory_reference(cores: list[int]):
-    """The worker's `StreamRead` (2x the last-level cache of its first core) and the fastest read it has
-    seen so far; recorded beside each block, not yet used to drop samples (see profiler.interference)."""
+    """The worker's `StreamRead` (2x the last-level cache of its first core; its ``best`` is the fastest
+    read it has seen); recorded beside each block, not yet used to drop samples (see profiler.interference)."""
     global _STREAM
     if _STREAM is None:
         from profiler.interference import StreamRead, last_level_cache
 
         llc = last_level_cache(cores[0]) if cores else None
         _STREAM = StreamRead(2 * llc["bytes"] if llc else STREAM_FALLBACK_BYTES)
-        _STREAM.best = _STREAM.best_ms(5)
+        _STREAM.best_ms(5)
     return _STREAM
 
 
@@ -246,7 +246,6 @@ def _measure(msg: dict[str, Any], cores: list[int], threads: int) -> dict[str, A
     if record is not None:
         record.reference_quiet_ms = kernel.quiet_ms  # the lowest seen by now
         env_after["noise"] = record.to_dict()
-        stream.best = min(stream.best, mem_before, mem_after)
         env_after["noise"]["memory_reference"] = {
             "bytes": stream.nbytes, "before_ms": round(mem_before, 4), "after_ms": round(mem_after, 4),
             "worker_best_ms": round(stream.best, 4)}
