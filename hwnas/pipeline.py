@@ -83,7 +83,7 @@ class RunConfig:
     baseline: list[str] = field(default_factory=lambda: ["k3e3", "k3e6", "k5e6"])  # uniform family
     limit: int | None = None  # use only this many images of the data set
     seed: int = 0
-    train_threads: int = 0  # torch threads for search and training (0: all cores)
+    train_threads: int = 0  # torch threads for search and training (0: all cores; seeds side by side)
     cache_dir: str | None = None  # compile cache (default ~/.cache/hwnas/artifacts)
     runner: str | None = None  # adb + executorch: executor_runner built for the phone (path)
     tvm_rpc: str | None = None  # adb + tvm: tvm_rpc built for the phone (path)
@@ -477,25 +477,40 @@ def _arch(run: Run):
 
 def train_seeds(cfg: RunConfig, arch, out: Path, progress: Progress) -> TrainStage:
     """Train ``arch`` from scratch with each of the run's seeds: the first seed's result (its weights
-    are the ones exported) with ``test_acc`` the mean over seeds and ``test_acc_seeds`` each one."""
+    are the ones exported) with ``test_acc`` the mean over seeds and ``test_acc_seeds`` each one.
+
+    With ``train_threads`` 0 (all cores) the seeds still to train run side by side, one process each
+    with its share of the cores (`search.parallel`: faster on small networks); with a thread count
+    given, one after the other with that many threads."""
+    from search.parallel import TrainJob, plan, train_in_processes
     from search.train import train_arch
 
-    runs = []
-    for k in range(cfg.seeds):
-        # each seed's result is kept in its own folder: a kill between seeds loses one training at most
-        folder = out if k == 0 else out / f"seed{cfg.seed + k}"
-        done = folder / "result.json"
-        if done.exists():
-            runs.append(read_json(done))
-            continue
-        try:
-            r = train_arch(arch, cfg.data, folder, epochs=cfg.train_epochs, batch_size=cfg.batch_size,
-                           seed=cfg.seed + k, limit=cfg.limit, threads=_train_threads(cfg), progress=progress)
-        except ValueError as e:
-            raise RunError(str(e)) from None
-        write_json(done, r)
-        runs.append(r)
-    return TrainStage.of_seeds(runs, [cfg.seed + k for k in range(cfg.seeds)])
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    # each seed's result is kept in its own folder: a kill between seeds loses one training at most
+    folders = [out if k == 0 else out / f"seed{s}" for k, s in enumerate(seeds)]
+    runs: dict[int, dict[str, Any]] = {k: read_json(f / "result.json") for k, f in enumerate(folders)
+                                       if (f / "result.json").exists()}
+    todo = [k for k in range(len(seeds)) if k not in runs]
+    jobs = [TrainJob(out=str(folders[k]), seed=seeds[k], data=cfg.data, epochs=cfg.train_epochs,
+                     batch_size=cfg.batch_size, limit=cfg.limit) for k in todo]
+    try:
+        if len(jobs) > 1 and not cfg.train_threads:
+            procs, threads = plan(len(jobs), _train_threads(cfg))
+
+            def keep(i: int, r: dict[str, Any]) -> None:
+                write_json(folders[todo[i]] / "result.json", r)
+
+            for k, r in zip(todo, train_in_processes(arch, jobs, procs, threads, progress, on_done=keep)):
+                runs[k] = r
+        else:
+            for k, j in zip(todo, jobs):
+                r = train_arch(arch, j.data, j.out, epochs=j.epochs, batch_size=j.batch_size, seed=j.seed,
+                               limit=j.limit, threads=_train_threads(cfg), progress=progress)
+                write_json(folders[k] / "result.json", r)
+                runs[k] = r
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    return TrainStage.of_seeds([runs[k] for k in range(len(seeds))], seeds)
 
 
 def stage_train(run: Run, cfg: RunConfig, progress: Progress) -> tuple[TrainStage, str]:

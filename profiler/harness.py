@@ -404,6 +404,7 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
         compile_options["per_op"] = True
     if session.tune_trials:
         compile_options["tune_trials"] = int(session.tune_trials)
+        compile_options["tune_threads"] = int(config.threads)  # candidates timed as the block will be
     cache = o.cache_path
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
     owner = owner_id()
@@ -445,8 +446,10 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
             artifacts[model] = art
         progress.advance("compile", model.key)
 
-    compile_many(config.backend, todo, config.target, compile_options, cache, o.jobs or len(os.sched_getaffinity(0)),
-                 on_compiled)
+    # a tuning compile builds its candidates on every core and times them: two side by side would
+    # time each other's candidates, so tuning compiles one block at a time
+    jobs = 1 if session.tune_trials else o.jobs or len(os.sched_getaffinity(0))
+    compile_many(config.backend, todo, config.target, compile_options, cache, jobs, on_compiled)
 
     # 2. time each artifact with the session's timer; store each row as soon as it is taken
     def measure(timer: Timer, model, art: Artifact, retime: bool, prior: Measurement | None = None) -> bool:

@@ -57,7 +57,7 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "batch_size": (int, "images per step (count)"),
     "limit": (int, "use only this many images of the data set (count)"),
     "seed": (int, "seed of everything random (sampling, weights, splits, random networks)"),
-    "train_threads": (int, "torch threads for search and training (count; 0: all cores)"),
+    "train_threads": (int, "torch threads for search and training (count; 0: all cores, and the seeds of a network trained side by side, one process each)"),
     "cache_dir": (str, "compile cache folder (default ~/.cache/hwnas/artifacts)"),
     "runner": (str, "a phone (adb:...) with executorch: ExecuTorch's executor_runner built for it (path; docs/phones.md)"),
     "tvm_rpc": (str, "a phone (adb:...) with tvm: TVM's tvm_rpc built for it (path; docs/phones.md)"),

@@ -60,7 +60,7 @@ class TVMBackend(Backend):
             mod = from_exported_program(ep, unwrap_unit_return_tuple=True)
             trials = int(options.get("tune_trials") or 0)
             if trials > 0:
-                mod = _tune(mod, tgt, trials)
+                mod = _tune(mod, tgt, trials, options.get("tune_threads"))
             elif tgt.kind.name in ("cuda", "opencl", "vulkan", "metal", "rocm"):
                 mod = _gpu_default_schedule(mod, tgt)
             ex = tvm.compile(mod, tgt)
@@ -74,7 +74,7 @@ class TVMBackend(Backend):
                 ex.export_library(str(out), fcompile=fcompile)
         except Exception as e:
             raise CompileError(f"tvm export_library failed: {type(e).__name__}: {_first_line(e)}") from e
-        return {"tune_trials": int(options.get("tune_trials") or 0)}
+        return {"tune_trials": int(options.get("tune_trials") or 0), "tune_threads": options.get("tune_threads")}
 
     def load(self, artifact: Artifact, device: str, threads: int) -> Runner:
         return _TVMRunner(artifact, device)
@@ -130,26 +130,97 @@ def _gpu_default_schedule(mod, tgt):
                                        dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
 
 
-def _tune(mod, tgt, trials: int):
-    """MetaSchedule tuning with a trial budget (slow on a small CPU: give it a budget)."""
+#: MetaSchedule's builder function, registered in each build worker by `_builder_worker_init`
+_MS_BUILD = "hwnas.meta_schedule.build"
+
+
+def _ms_build(mod, target, _params):
+    """MetaSchedule's default build without its import of every tensor intrinsic of every target.
+
+    The stock builder imports ``tvm.s_tir.tensor_intrin`` (CUDA's MMA and ldmatrix intrinsics, parsed
+    from TVMScript) inside the first build of each worker: 50-80 s on a 2-vCPU VM, longer than the
+    builder's 30 s timeout, so workers were killed and restarted mid-import, and a 64-candidate batch
+    took many minutes. A CPU target without tensorized schedules (no VNNI/AMX rules here) needs none."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def _builder_worker_init() -> None:
+    import tvm
+
+    tvm.register_global_func(_MS_BUILD, _ms_build, override=True)
+
+
+def _import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule's tuning context does, once per process) in
+    seconds instead of most of a minute.
+
+    Its modules define hundreds of TVMScript functions, and TVMScript's ``prim_func`` decorator calls
+    `inspect.stack()`, which looks up every frame's module and source; on the 2-vCPU VM that was 85 %
+    of a 47 s import. For that import only, `inspect.stack` is replaced by a walk of the frames that
+    fills the same fields (the source line from `linecache`), then restored."""
+    import inspect
+    import linecache
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+
+    def stack(context: int = 1) -> list:
+        frames, f = [], sys._getframe(1)
+        while f is not None:
+            name, line = f.f_code.co_filename, f.f_lineno
+            text = linecache.getline(name, line) if context > 0 else ""
+            frames.append(inspect.FrameInfo(f, name, line, f.f_code.co_name, [text] if text else None,
+                                            0 if text else None))
+            f = f.f_back
+        return frames
+
+    original, inspect.stack = inspect.stack, stack
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = original
+
+
+def _tune(mod, tgt, trials: int, threads: int | None = None, cost_model: str = "xgb"):
+    """MetaSchedule tuning of one block with a trial budget (slow on a small CPU: give it a budget).
+
+    ``trials`` is the block's total, shared evenly by its tasks (one per fused kernel, 2-4 per
+    MBConv block) and measured in batches of up to 64, so the evolutionary search runs once per
+    batch rather than once per handful of candidates. Candidates are built for, and timed with,
+    ``threads`` threads: the count the harness times the block with (default: this process's cores).
+    The passes around the tuning are those of TVM's ``static_shape_tuning`` pipeline; the builder is
+    `_ms_build`'s. ``cost_model`` "random" (no xgboost) is for tests only."""
     from tvm import relax
+    from tvm.relax import transform
+    from tvm.s_tir import meta_schedule as ms
 
     import tvm
 
-    # MetaSchedule needs the core count in the target; tune for the cores the user gave the harness
+    _import_tensor_intrinsics()
     cfg = json.loads(str(tgt))
-    cfg.setdefault("num-cores", len(os.sched_getaffinity(0)))
+    cfg["num-cores"] = int(threads or len(os.sched_getaffinity(0)))  # MetaSchedule parallelises for these
     tgt = tvm.target.Target(cfg)
+    # the runner's workers (started by tune_relax, this process's children) time with as many threads
+    os.environ["TVM_NUM_THREADS"] = str(cfg["num-cores"])
     with tempfile.TemporaryDirectory(prefix="hwnas-ms-") as work_dir, tgt:
-        pipeline = relax.get_pipeline("static_shape_tuning", target=tgt, work_dir=work_dir, total_trials=trials,
-                                      max_trials_per_task=max(1, trials // 4))
-        tuned = pipeline(mod)
+        mod = tvm.transform.Sequential([transform.DecomposeOpsForInference(), transform.CanonicalizeBindings(),
+                                        relax.get_pipeline("zero")])(mod)
+        tasks = max(1, len(ms.relax_integration.extract_tasks(mod, tgt)))
+        per_task = max(1, trials // tasks)
+        builder = ms.builder.LocalBuilder(f_build=_MS_BUILD, initializer=_builder_worker_init)
+        ms.relax_integration.tune_relax(mod, {}, tgt, work_dir, max_trials_global=per_task * tasks,
+                                        max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
+                                        builder=builder, cost_model=cost_model)
         records = Path(work_dir) / "database_tuning_record.json"
         if not records.exists() or not records.read_text().strip():
             # MetaSchedule falls back to default schedules silently; a 'tuned' row must be tuned
             raise CompileError(f"MetaSchedule found no valid schedule in {trials} trials (every candidate "
                                "failed to build or run); raise --tune-trials or profile untuned")
-        return tuned
+        return transform.MetaScheduleApplyDatabase(work_dir)(mod)
 
 
 def _fcompile_for(tgt: dict[str, Any]):
