@@ -31,10 +31,20 @@ from profiler.store import Store  # noqa: E402
 
 
 def pick_blocks(n: int) -> list[str]:
-    """``n`` MBConv blocks of proxyless-mobile spread over resolutions, kernels and expand ratios."""
-    blocks = [b for b in load_space("proxyless-mobile").blocks() if b.kind == "mbconv"]
-    step = max(1, len(blocks) // n)
-    return [b.key for b in blocks[::step][:n]]
+    """``n`` MBConv blocks of proxyless-mobile spread over its shapes and, in turn, its ops.
+
+    The space lists each shape's 6 ops (kernel x expand) together, so every 6th block is the same op:
+    the i-th pick takes shape group i (spread evenly over the groups) and the group's op i mod 6, so
+    each kernel and expand ratio is sampled, not only the one that a stride lands on."""
+    groups: dict[tuple, list[str]] = {}
+    for b in load_space("proxyless-mobile").blocks():
+        if b.kind == "mbconv":
+            shape = b.key.split("-expand:")[0], b.key.split("-stride:")[1]
+            groups.setdefault(shape, []).append(b.key)
+    ordered = list(groups.values())
+    step = len(ordered) / max(1, n)
+    picks = [ordered[min(len(ordered) - 1, int(i * step))] for i in range(min(n, len(ordered)))]
+    return [g[i % len(g)] for i, g in enumerate(picks)]
 
 
 def profile(keys: list[str], backend: str, db: Path, env: dict, extra: list[str]) -> float:

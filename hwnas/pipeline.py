@@ -244,7 +244,9 @@ def _rows(cfg: RunConfig, keys: list[str], kind: str, status: str):
     from profiler.store import RowFilter, Store
 
     with Store(cfg.db) as st:
-        return st.latest(RowFilter(device=cfg.device, backend=cfg.backend, threads=cfg.threads, kind=kind),
+        # `hwnas run` profiles with the compiler's default schedules (tuning=""): tuned TVM rows that
+        # `hwnas profile --tune-trials` put in the same store are other measurements
+        return st.latest(RowFilter(device=cfg.device, backend=cfg.backend, threads=cfg.threads, tuning="", kind=kind),
                          keys=keys, status=status, newest_per_key=True)
 
 
@@ -350,7 +352,7 @@ def _block_entries(cfg: RunConfig):
     from predictor.io import store_entries
     from profiler.spaces import load_space
 
-    entries, meta = store_entries(cfg.db, device=cfg.device, backend=cfg.backend, threads=cfg.threads)
+    entries, meta = store_entries(cfg.db, device=cfg.device, backend=cfg.backend, threads=cfg.threads, tuning="")
     keys = {b.key for b in load_space(cfg.space).blocks()}
     return {k: v for k, v in entries.items() if k in keys}, meta
 

@@ -233,7 +233,8 @@ def _predictor_from_dict(d: dict[str, Any], source: str) -> Predictor:
 
 # ---- training rows ---------------------------------------------------------------------------------
 
-def _store_frame(db: str | Path, device: str | None, backend: str | None, threads: int | None):
+def _store_frame(db: str | Path, device: str | None, backend: str | None, threads: int | None,
+                 tuning: str | None = None):
     """The latest trusted measured block rows of one configuration in a store (DataFrame), and metadata.
 
     Rows flagged busy, interference or unconverged (`profiler.store.DISTRUST_FLAGS`) are left out with a
@@ -245,14 +246,16 @@ def _store_frame(db: str | Path, device: str | None, backend: str | None, thread
     if not Path(db).exists():
         raise PredictorError(f"{db}: no such store; profile first (`hwnas profile --db {db} ...`)")
     with Store(db, create=False) as st:
-        df = st.latest(RowFilter(device=device, backend=backend, threads=threads, kind="block"), status="ok")
+        df = st.latest(RowFilter(device=device, backend=backend, threads=threads, tuning=tuning, kind="block"),
+                       status="ok")
     if df.empty:
         raise PredictorError(f"{db}: no measured blocks for backend {backend!r} on device {device!r}"
-                             + (f" with {threads} thread(s)" if threads else ""))
-    groups = df.groupby(["device_id", "target", "threads", "cores"]).ngroups
+                             + (f" with {threads} thread(s)" if threads else "")
+                             + (f" tuned {tuning!r}" if tuning else " untuned" if tuning == "" else ""))
+    groups = df.groupby(["device_id", "target", "tuning", "threads", "cores"]).ngroups
     if groups > 1:
-        raise PredictorError(f"{db}: the rows mix {groups} configurations (device, target, threads, cores) of "
-                             f"backend {backend!r}; narrow with --device / --threads")
+        raise PredictorError(f"{db}: the rows mix {groups} configurations (device, target, tuning, threads, cores) "
+                             f"of backend {backend!r}; narrow with --device / --threads / --tune-trials")
     from profiler.store import DISTRUST_FLAGS, is_trusted
 
     trusted = df["flags"].map(lambda f: is_trusted("ok", f))
@@ -275,21 +278,22 @@ def _store_frame(db: str | Path, device: str | None, backend: str | None, thread
 
 
 def store_rows(db: str | Path, device: str | None = "local", backend: str | None = "executorch",
-               threads: int | None = None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+               threads: int | None = None, tuning: str | None = None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """Measured blocks of one configuration from a store: (keys, median ms, metadata).
 
     Failures, network rows and flagged rows (left out with a warning, see `_store_frame`) are not used.
     Raises `PredictorError` when nothing matches, when every row is flagged, or when the rows mix
-    configurations (devices, thread counts, core sets) that must not share one predictor.
+    configurations (devices, thread counts, core sets, tunings) that must not share one predictor.
+    `tuning`: `profiler.measurement.Config.tuning` ("" untuned, "metaschedule-N"); None takes any.
     """
-    df, meta = _store_frame(db, device, backend, threads)
+    df, meta = _store_frame(db, device, backend, threads, tuning)
     return list(df.block_key), df.median_ms.to_numpy(dtype=float), meta
 
 
 def store_entries(db: str | Path, device: str | None = "local", backend: str | None = "executorch",
-                  threads: int | None = None) -> tuple[dict[str, Entry], dict[str, Any]]:
+                  threads: int | None = None, tuning: str | None = None) -> tuple[dict[str, Entry], dict[str, Any]]:
     """Like `store_rows`, as lookup-table entries (median ms, sample count, variance ms^2)."""
-    df, meta = _store_frame(db, device, backend, threads)
+    df, meta = _store_frame(db, device, backend, threads, tuning)
     entries = {r.block_key: Entry(float(r.median_ms), int(r.n or 0), float((r.std_ms or 0.0) ** 2))
                for r in df.itertuples()}
     return entries, meta

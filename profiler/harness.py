@@ -23,7 +23,7 @@ from profiler.compile import compile_many, default_cache_dir, log_path
 from profiler.devices import (DeviceError, DeviceSpec, check_threads, cores_busy_share, cpu_model, default_cores,
                               format_cores, local_id, parse_cores, parse_device)
 from profiler.interference import QuietTimes
-from profiler.measurement import Config, Measurement, TimingProtocol
+from profiler.measurement import Config, Measurement, TimingProtocol, tuning_of
 from profiler.stats import summarize
 from profiler.store import DISTRUST_FLAGS, Store, is_trusted, owner_id
 from profiler.timing import MeasureRequest, Timer, WorkerFailed
@@ -264,6 +264,12 @@ def profile_with(models: Sequence[BlockSpec | ArchSpec], store: Store | str | Pa
         raise DeviceError("--gpu is for phones (OpenCL or Vulkan); the host's GPU is --device local:cuda")
     if o.gpu and be.name != "tvm" and dev.kind == "rpc":
         raise BackendUnavailable(f"{dev.spec}: the GPU behind a TVM RPC tracker is timed with --backend tvm")
+    if o.tune_trials and be.name != "tvm":
+        raise BackendUnavailable(f"--tune-trials tunes TVM's kernels (MetaSchedule); {be.name} has no tuning "
+                                 "step: leave it out")
+    if o.tune_trials and dev.kind in ("rpc", "adb"):
+        raise BackendUnavailable(f"{dev.spec}: MetaSchedule tunes on this host's CPU and times its candidates "
+                                 "here; profile a remote device or a phone with --tune-trials 0")
     if dev.kind == "adb":
         session = _adb_session(dev, be, o, progress)
     else:
@@ -300,7 +306,8 @@ def _host_session(dev: DeviceSpec, be, o: ProfileOptions) -> Iterator[Session]:
     be.check_options({"tune_trials": o.tune_trials, "per_op": o.per_op})
     # a remote device's cores are the server's business; the local worker only holds the session
     remote = dev.kind == "rpc"
-    config = Config(dev.spec, device_id, be.name, target, o.threads, "remote" if remote else format_cores(core_list))
+    config = Config(dev.spec, device_id, be.name, target, o.threads, "remote" if remote else format_cores(core_list),
+                    tuning_of(o.tune_trials))
     yield Session(config, _timing_worker(core_list, o.threads, o.cache_path), dev.spec, remote, o.per_op,
                   o.tune_trials, () if remote else tuple(core_list))
 

@@ -72,6 +72,15 @@ class Config:
     target: str
     threads: int
     cores: str  # core mask, e.g. "1" or "4-7"
+    # how the code was tuned for the target: "" for the compiler's default schedules, or
+    # "metaschedule-N" (TVM MetaSchedule, N trials per block); tuned and untuned rows of one block
+    # are different measurements and sit side by side in the store
+    tuning: str = ""
+
+
+def tuning_of(tune_trials: int) -> str:
+    """`Config.tuning` of a profile tuned with `tune_trials` MetaSchedule trials per block (0: untuned)."""
+    return f"metaschedule-{int(tune_trials)}" if tune_trials and int(tune_trials) > 0 else ""
 
 
 @dataclass

@@ -22,7 +22,7 @@ from profiler.measurement import Config, Measurement
 __all__ = ["Store", "StoreError", "RowFilter", "DISTRUST_FLAGS", "is_trusted"]
 
 APPLICATION_ID = 0x68776E73  # 'hwns'
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `tuning` is part of a row's configuration
 
 _STAT_COLS = ("n", "median_ms", "mean_ms", "trimmed_mean_ms", "min_ms", "p10_ms", "p90_ms", "std_ms", "cv",
               "mad_ms", "rel_spread")
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     device_id TEXT NOT NULL,
     backend TEXT NOT NULL,
     target TEXT NOT NULL,
+    tuning TEXT NOT NULL DEFAULT '',
     threads INTEGER NOT NULL,
     cores TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
@@ -49,18 +50,19 @@ CREATE TABLE IF NOT EXISTS measurements (
     wall_s REAL,
     {", ".join(f"{c} TEXT" for c in _JSON_COLS)},
     created_at TEXT NOT NULL,
-    UNIQUE (block_key, device_id, backend, target, threads, cores)
+    UNIQUE (block_key, device_id, backend, target, tuning, threads, cores)
 );
 CREATE TABLE IF NOT EXISTS claims (
     block_key TEXT NOT NULL,
     device_id TEXT NOT NULL,
     backend TEXT NOT NULL,
     target TEXT NOT NULL,
+    tuning TEXT NOT NULL DEFAULT '',
     threads INTEGER NOT NULL,
     cores TEXT NOT NULL,
     owner TEXT NOT NULL,
     claimed_at REAL NOT NULL,
-    PRIMARY KEY (block_key, device_id, backend, target, threads, cores)
+    PRIMARY KEY (block_key, device_id, backend, target, tuning, threads, cores)
 );
 CREATE TABLE IF NOT EXISTS device_peaks (
     device_id TEXT NOT NULL,
@@ -74,9 +76,9 @@ CREATE TABLE IF NOT EXISTS device_peaks (
 """
 
 
-_IDENT_COLS = ("block_key", "device_id", "backend", "target", "threads", "cores")
+_IDENT_COLS = ("block_key", "device_id", "backend", "target", "tuning", "threads", "cores")
 _IDENT_WHERE = " AND ".join(f"{c}=?" for c in _IDENT_COLS)
-_FILTER_COLS = ("device", "device_id", "backend", "target", "threads", "cores", "kind", "block_key")
+_FILTER_COLS = ("device", "device_id", "backend", "target", "tuning", "threads", "cores", "kind", "block_key")
 
 #: flags that say a row's numbers were taken under interference or did not settle: such a row is re-timed
 #: by the next `profile`, and readers that fit or search (``trusted_only``) leave it out
@@ -96,6 +98,7 @@ class RowFilter:
     device_id: str | None = None
     backend: str | None = None
     target: str | None = None
+    tuning: str | None = None  # "" untuned, "metaschedule-N"
     threads: int | None = None
     cores: str | None = None
     kind: str | None = None  # "block" | "network"
@@ -105,7 +108,7 @@ class RowFilter:
     def of(cls, config: Config, kind: str | None = None) -> "RowFilter":
         """Exactly the rows of `config` (the spec string is not part of a configuration's identity)."""
         return cls(device_id=config.device_id, backend=config.backend, target=config.target,
-                   threads=config.threads, cores=config.cores, kind=kind)
+                   tuning=config.tuning, threads=config.threads, cores=config.cores, kind=kind)
 
     def items(self) -> list[tuple[str, Any]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
@@ -133,6 +136,8 @@ class Store:
             if self._db.execute("PRAGMA application_id").fetchone()[0] == 0:
                 self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                _migrate(self._db)
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open the store ({e})") from None
@@ -182,7 +187,7 @@ class Store:
         process holds it. Several profiling processes sharing one store (a device farm) use this so
         that no block is measured twice. A claim whose owner died (same host, pid gone) or that is
         older than `stale_s` seconds is taken over."""
-        ident = (block_key, config.device_id, config.backend, config.target, config.threads, config.cores)
+        ident = _ident(config, block_key)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             row = self._db.execute(f"SELECT status, flags FROM measurements WHERE {_IDENT_WHERE}", ident).fetchone()
@@ -198,7 +203,8 @@ class Store:
             if held and held[0] != owner and now - held[1] < stale_s and _alive(held[0]):
                 self._db.execute("COMMIT")
                 return False
-            self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*ident, owner, now))
+            self._db.execute(f"INSERT OR REPLACE INTO claims ({', '.join(_IDENT_COLS)}, owner, claimed_at) "
+                             f"VALUES ({', '.join('?' for _ in _IDENT_COLS)}, ?, ?)", (*ident, owner, now))
             self._db.execute("COMMIT")
             return True
         except BaseException:
@@ -206,10 +212,7 @@ class Store:
             raise
 
     def release(self, config: Config, block_key: str, owner: str) -> None:
-        self._db.execute("DELETE FROM claims WHERE block_key=? AND device_id=? AND backend=? AND target=? "
-                         "AND threads=? AND cores=? AND owner=?",
-                         (block_key, config.device_id, config.backend, config.target, config.threads, config.cores,
-                          owner))
+        self._db.execute(f"DELETE FROM claims WHERE {_IDENT_WHERE} AND owner=?", (*_ident(config, block_key), owner))
 
     def put_peak(self, device_id: str, threads: int, cores: str, gflops: float, method: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO device_peaks VALUES (?, ?, ?, ?, ?, ?)",
@@ -332,11 +335,45 @@ def _replaceable(old_status: str, old_flags: str | None, new_status: str) -> boo
     return new_status == "ok" and not is_trusted(old_status, json.loads(old_flags) if old_flags else [])
 
 
+def _ident(config: Config, block_key: str) -> tuple:
+    """The identity columns (`_IDENT_COLS`) of `block_key` under `config`."""
+    return (block_key, config.device_id, config.backend, config.target, config.tuning, config.threads,
+            config.cores)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store of an older schema to `SCHEMA_VERSION`, in one transaction (a second process
+    opening the same file at once waits, then finds it done). Schema 1 had no `tuning`: its rows
+    were all taken with the compiler's default schedules (tuned TVM rows could not be told apart,
+    so a tuned profile into such a store timed nothing), and become ``tuning = ''``. SQLite cannot
+    widen a UNIQUE constraint in place, so the table is rebuilt; claims are transient and dropped."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        ver = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if ver == 1 and "measurements" in tables:
+            cols = [r[1] for r in db.execute("PRAGMA table_info(measurements)")]
+            db.execute("ALTER TABLE measurements RENAME TO measurements_v1")
+            db.execute("DROP TABLE IF EXISTS claims")
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            db.execute(f"INSERT INTO measurements ({', '.join(cols)}, tuning) "
+                       f"SELECT {', '.join(cols)}, '' FROM measurements_v1")
+            db.execute("DROP TABLE measurements_v1")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 def _to_row(m: Measurement) -> dict[str, Any]:
     c = m.config
     row: dict[str, Any] = {
         "block_key": m.block_key, "kind": m.kind, "device": c.device, "device_id": c.device_id,
-        "backend": c.backend, "target": c.target, "threads": c.threads, "cores": c.cores, "status": m.status,
+        "backend": c.backend, "target": c.target, "tuning": c.tuning, "threads": c.threads, "cores": c.cores,
+        "status": m.status,
         "stage": m.stage, "error": m.error, "inner_runs": m.inner_runs,
     }
     for k in _STAT_COLS:

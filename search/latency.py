@@ -308,7 +308,7 @@ class StoredMedians:
 
     @classmethod
     def from_store(cls, db: str | Path, backend: str, device: str | None = "local",
-                   threads: int | None = None) -> "StoredMedians":
+                   threads: int | None = None, tuning: str | None = None) -> "StoredMedians":
         from profiler.store import Store
 
         if not Path(db).exists():
@@ -317,14 +317,16 @@ class StoredMedians:
 
         with Store(db, create=False) as st:
             # rows timed under interference are no latency to search with: `hwnas profile` re-times them
-            df = st.latest(RowFilter(backend=backend, device=device, threads=threads, kind="block"), trusted_only=True)
+            df = st.latest(RowFilter(backend=backend, device=device, threads=threads, tuning=tuning, kind="block"),
+                           trusted_only=True)
         if df.empty:
-            raise SearchError(f"{db}: no cleanly measured blocks for backend {backend!r} on device {device!r}; "
-                              f"profile them (`hwnas profile --db {db} ...`)")
-        cfgs = df.groupby(["device_id", "threads", "cores"]).ngroups
+            raise SearchError(f"{db}: no cleanly measured blocks for backend {backend!r} on device {device!r}"
+                              + (f" tuned {tuning!r}" if tuning else " untuned" if tuning == "" else "")
+                              + f"; profile them (`hwnas profile --db {db} ...`)")
+        cfgs = df.groupby(["device_id", "tuning", "threads", "cores"]).ngroups
         if cfgs > 1:
-            raise SearchError(f"{db}: {cfgs} configurations (device, threads, cores) for backend {backend!r}; "
-                              "narrow with --device / --threads")
+            raise SearchError(f"{db}: {cfgs} configurations (device, tuning, threads, cores) for backend "
+                              f"{backend!r}; narrow with --device / --threads / --tune-trials")
         return cls(dict(zip(df.block_key, df.median_ms.astype(float))), f"{db} ({backend}, {device})")
 
     def predict_ms(self, blocks: Sequence[BlockSpec]) -> np.ndarray:

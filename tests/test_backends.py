@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from profiler.backends import BACKENDS, BackendUnavailable, get_backend
+from profiler.backends import BACKENDS, BackendUnavailable, CompileError, get_backend
 from profiler.blocks import BlockSpec
 from profiler.compile import cached_artifact, compile_model
 
@@ -65,7 +65,6 @@ def test_executorch_per_op(cache_dir):
 def test_tvm_cross_target_compiles_or_says_why(cache_dir, tmp_path):
     be = get_backend("tvm")
     target = be.target_for("local", cross="aarch64-linux")
-    from profiler.backends import CompileError
 
     import shutil
 
@@ -162,10 +161,9 @@ def test_tvm_tuning_builds_its_candidates_without_importing_every_tensor_intrins
     import sys
 
     import tvm
-    from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    from profiler.backends._tvm import _tune, host_cpu_target
+    from profiler.backends._tvm import EAGER_REL_TOL, _run_here, _tune, check_against_eager, host_cpu_target
 
     spec = BlockSpec.from_key("Conv-input:8x8x3-output:8x8x8")  # one fused kernel: one task
     m, x = spec.build().eval(), spec.example_input()
@@ -173,10 +171,9 @@ def test_tvm_tuning_builds_its_candidates_without_importing_every_tensor_intrins
         mod = from_exported_program(torch.export.export(m, (x,)), unwrap_unit_return_tuple=True)
     tgt = tvm.target.Target(host_cpu_target())
     tuned = _tune(mod, tgt, trials=2, threads=1, cost_model="random")
-    vm = relax.VirtualMachine(tvm.compile(tuned, tgt), tvm.cpu())
-    out = vm["main"](tvm.runtime.tensor(x.numpy()))
-    out = out[0] if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else out
-    np.testing.assert_allclose(out.numpy(), _eager(spec), rtol=1e-3, atol=1e-4)
+    out = _run_here(tvm.compile(tuned, tgt), x.numpy())  # what compile() checks a tuned block with
+    np.testing.assert_allclose(out, _eager(spec), rtol=1e-3, atol=1e-4)
+    assert check_against_eager(out, _eager(spec), "the tuned block") <= EAGER_REL_TOL
     # what a build worker runs: register the builder, build a kernel, then look at what got imported
     code = (
         "import sys, tvm\n"
@@ -192,3 +189,22 @@ def test_tvm_tuning_builds_its_candidates_without_importing_every_tensor_intrins
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_compiled_block_that_computes_something_else_is_refused_with_its_error():
+    """The check a tuned TVM block passes before it is timed: float32 reordering passes, a wrong
+    value, a wrong shape or a NaN is a CompileError that says by how much."""
+    from profiler.backends._tvm import EAGER_REL_TOL, check_against_eager
+
+    expected = np.random.default_rng(0).normal(size=(1, 8, 4, 4)).astype(np.float32)
+    assert check_against_eager(expected * (1 + 1e-6), expected, "k") < EAGER_REL_TOL
+    wrong = expected.copy()
+    wrong[0, 3, 1, 2] += 0.05 * np.abs(expected).max()
+    with pytest.raises(CompileError, match=r"k computes a different block: .*5\.00e-02 of its largest value"):
+        check_against_eager(wrong, expected, "k")
+    with pytest.raises(CompileError, match="shape"):
+        check_against_eager(expected[:, :4], expected, "k")
+    nan = expected.copy()
+    nan[0, 0, 0, 0] = np.nan
+    with pytest.raises(CompileError, match="inf"):
+        check_against_eager(nan, expected, "k")

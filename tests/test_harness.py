@@ -12,6 +12,7 @@ import pytest
 
 from profiler import Store, TimingProtocol, load_space, profile
 from profiler.blocks import BlockSpec
+from profiler.backends import BackendUnavailable
 from profiler.devices import DeviceError
 
 from conftest import ROOT, hwnas_cmd
@@ -77,6 +78,14 @@ def test_bad_device_is_refused_before_anything_is_stored(tmp_path):
     db = tmp_path / "d.db"
     with pytest.raises(DeviceError, match="unknown device"):
         profile(TINY, "torch", db, device="phone")
+    assert not db.exists()
+
+
+def test_tuning_is_refused_where_it_cannot_apply_before_anything_is_stored(tmp_path):
+    """--tune-trials tunes TVM on this host: another backend, or a remote device, gets one line."""
+    db = tmp_path / "t.db"
+    with pytest.raises(BackendUnavailable, match="torch has no tuning step"):
+        profile(TINY, "torch", db, tune_trials=8)
     assert not db.exists()
 
 

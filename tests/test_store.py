@@ -105,3 +105,95 @@ def test_predictor_readers_leave_out_flagged_rows_and_say_so(tmp_path, caplog):
         st.put(_ok("k2", A, 2.0, ["unconverged"]))
     with pytest.raises(PredictorError, match="all 1 measured blocks .* are flagged \\(unconverged\\)"):
         store_rows(only_flagged, device="local", backend="executorch", threads=1)
+
+
+def test_tuned_and_untuned_rows_of_a_block_sit_side_by_side(tmp_path):
+    """A TVM block tuned by MetaSchedule is another measurement than the untuned one: neither replaces
+    the other, each configuration reads its own, and a tuned profile into a store of untuned rows
+    still claims (times) every block."""
+    import dataclasses
+
+    untuned = Config("local", "host/cpu", "tvm", '{"kind": "llvm"}', 1, "1")
+    tuned = dataclasses.replace(untuned, tuning="metaschedule-192")
+    with Store(tmp_path / "s.db") as st:
+        assert st.put(_ok("k1", untuned, 6.0))
+        assert st.claim(tuned, "k1", "me", 60.0), "the untuned row must not stand in for the tuned one"
+        assert st.put(_ok("k1", tuned, 0.25))
+        st.release(tuned, "k1", "me")
+        assert not st.claim(tuned, "k1", "me", 60.0)  # now it is stored
+        assert list(st.latest(untuned).median_ms) == [pytest.approx(6.0)]
+        assert list(st.latest(tuned).median_ms) == [pytest.approx(0.25)]
+        assert list(st.latest(RowFilter(backend="tvm", tuning="")).median_ms) == [pytest.approx(6.0)]
+        assert sorted(st.dataframe(backend="tvm").tuning) == ["", "metaschedule-192"]
+
+
+def test_a_store_of_schema_1_is_migrated_keeping_its_rows_as_untuned(tmp_path):
+    """Stores written before `tuning` existed (schema 1: the UNIQUE key without it) open as they are:
+    rows, ids and peaks kept, every row untuned, the file at schema 2 afterwards."""
+    import sqlite3
+
+    from profiler import store as store_mod
+
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    stats = ", ".join(f"{c} REAL" for c in store_mod._STAT_COLS)
+    js = ", ".join(f"{c} TEXT" for c in store_mod._JSON_COLS)
+    db.executescript(f"""
+        PRAGMA application_id={store_mod.APPLICATION_ID};
+        PRAGMA user_version=1;
+        CREATE TABLE measurements (id INTEGER PRIMARY KEY, block_key TEXT NOT NULL, kind TEXT NOT NULL,
+            device TEXT NOT NULL, device_id TEXT NOT NULL, backend TEXT NOT NULL, target TEXT NOT NULL,
+            threads INTEGER NOT NULL, cores TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'failed')), stage TEXT, error TEXT, inner_runs INTEGER,
+            {stats}, flops INTEGER, compile_s REAL, wall_s REAL, {js}, created_at TEXT NOT NULL,
+            UNIQUE (block_key, device_id, backend, target, threads, cores));
+        CREATE TABLE claims (block_key TEXT NOT NULL, device_id TEXT NOT NULL, backend TEXT NOT NULL,
+            target TEXT NOT NULL, threads INTEGER NOT NULL, cores TEXT NOT NULL, owner TEXT NOT NULL,
+            claimed_at REAL NOT NULL, PRIMARY KEY (block_key, device_id, backend, target, threads, cores));
+        CREATE TABLE device_peaks (device_id TEXT NOT NULL, threads INTEGER NOT NULL, cores TEXT NOT NULL,
+            gflops REAL NOT NULL, method TEXT NOT NULL, measured_at TEXT NOT NULL,
+            PRIMARY KEY (device_id, threads, cores));
+        INSERT INTO measurements (id, block_key, kind, device, device_id, backend, target, threads, cores, status,
+            median_ms, flags, created_at)
+            VALUES (7, 'k1', 'block', 'local', 'host/cpu', 'executorch', 'xnnpack', 1, '1', 'ok', 1.5, '[]', 'then');
+        INSERT INTO device_peaks VALUES ('host/cpu', 1, '1', 30.0, 'fma', 'then');
+    """)
+    db.commit()
+    db.close()
+    with Store(path) as st:
+        df = st.latest(A)
+        assert list(df.id) == [7] and list(df.median_ms) == [1.5] and list(df.tuning) == [""]
+        assert st.peak("host/cpu", 1, "1") == 30.0
+        assert st.put(_ok("k2", A, 2.0))
+        assert st.claim(A, "k3", "me", 60.0)
+    with Store(path) as st:  # opened again: nothing left to migrate, nothing lost
+        assert sorted(st.latest(A).block_key) == ["k1", "k2"]
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 2
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'measurements_v1'").fetchone() is None
+    db.close()
+
+
+def test_readers_take_one_tuning_and_refuse_a_mix_with_one_line(tmp_path):
+    """The predictor's and the search's store readers never mix tuned and untuned TVM rows."""
+    import dataclasses
+
+    from predictor.io import PredictorError, store_rows
+    from search.latency import SearchError, StoredMedians
+
+    untuned = Config("local", "host/cpu", "tvm", '{"kind": "llvm"}', 1, "1")
+    tuned = dataclasses.replace(untuned, tuning="metaschedule-192")
+    db = tmp_path / "s.db"
+    with Store(db) as st:
+        for k, (a, b) in {"k1": (6.0, 0.25), "k2": (3.0, 0.5)}.items():
+            st.put(_ok(k, untuned, a))
+            st.put(_ok(k, tuned, b))
+    with pytest.raises(PredictorError, match="mix 2 configurations .*--tune-trials"):
+        store_rows(db, backend="tvm")
+    with pytest.raises(SearchError, match="2 configurations .*--tune-trials"):
+        StoredMedians.from_store(db, "tvm")
+    keys, ms, _ = store_rows(db, backend="tvm", tuning="metaschedule-192")
+    assert dict(zip(keys, ms)) == {"k1": pytest.approx(0.25), "k2": pytest.approx(0.5)}
+    assert StoredMedians.from_store(db, "tvm", tuning="").table == {"k1": pytest.approx(6.0), "k2": pytest.approx(3.0)}
+    with pytest.raises(PredictorError, match="tuned 'metaschedule-64'"):
+        store_rows(db, backend="tvm", tuning="metaschedule-64")

@@ -14,6 +14,20 @@ from hwnas.cli import UserError, check_out_file, write_error
 HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
+TUNE_HELP = ("with --db: only rows that TVM MetaSchedule tuned with this many trials per block (count; 0: "
+             "untuned rows; default: any, refused when the store holds several tunings)")
+
+
+def _tuning(args) -> str | None:
+    """`Config.tuning` of the rows --tune-trials asks for (None: any)."""
+    from profiler.measurement import tuning_of
+
+    trials = getattr(args, "tune_trials", None)
+    if trials is not None and trials < 0:
+        raise UserError(f"--tune-trials {trials}: give a trial count of 0 (untuned) or more")
+    return None if trials is None else tuning_of(trials)
+
+
 def register(sub) -> None:
     from predictor import MODELS
     from predictor.network import NETWORK_MODELS
@@ -32,6 +46,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="local", help="with --db: the device spec whose rows to use")
     p.add_argument("--backend", default="executorch", help="with --db: the backend whose rows to use")
     p.add_argument("--threads", type=int, help="with --db: only rows timed with this many threads (count)")
+    p.add_argument("--tune-trials", type=int, help=TUNE_HELP)
     p.add_argument("--model", default="hybrid", choices=MODELS,
                    help="hybrid: table + CV-chosen regression; lut: exact keys only; regression: CV-chosen "
                         "family only; or one family")
@@ -65,6 +80,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="local", help="with --db: device spec")
     p.add_argument("--backend", default="executorch", help="with --db: backend")
     p.add_argument("--threads", type=int, help="with --db: thread count")
+    p.add_argument("--tune-trials", type=int, help=TUNE_HELP)
     p.add_argument("--cv", help="cross-validate fresh models instead: a fold count (e.g. 5) or loo")
     p.add_argument("--model", default="auto", help="with --cv: auto (chosen per fold) or one family "
                                                    "(linear, loglinear, gbt, forest)")
@@ -148,7 +164,8 @@ def _entries(args) -> tuple[dict, dict]:
     if args.db and args.lut:
         raise UserError("give --db or --lut, not both")
     if args.db:
-        return _user(store_entries, args.db, device=args.device, backend=args.backend, threads=args.threads)
+        return _user(store_entries, args.db, device=args.device, backend=args.backend, threads=args.threads,
+                     tuning=_tuning(args))
     if args.lut:
         if not Path(args.lut).exists():
             raise UserError(f"{args.lut}: no such LUT file")

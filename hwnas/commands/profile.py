@@ -75,7 +75,9 @@ def register(sub) -> None:
     p.add_argument("--per-op", action="store_true",
                    help="also record per-operator times (ExecuTorch ETDump + Inspector), stored with the row")
     p.add_argument("--tune-trials", type=int, default=0,
-                   help="TVM only: MetaSchedule tuning trials per block (count; 0 = untuned default schedules)")
+                   help="TVM only: MetaSchedule tuning trials per block, shared by its kernels (count; 0 = untuned "
+                        "default schedules; 192, about 64 per kernel, took about 3 min per block on 2 vCPUs). "
+                        "Tuning compiles one block at a time, for the --threads it is timed with")
     p.add_argument("--retry-failed", action="store_true", help="measure again the blocks stored as failures")
     p.add_argument("--retime-flagged", type=int, default=2, metavar="N",
                    help="time a block whose row is flagged busy, interference or unconverged (stored, or just "
@@ -428,7 +430,8 @@ def cmd_profile(args) -> int:
     df = store.latest(dataclasses.replace(RowFilter.of(res.config), device=res.config.device), keys=keys)
     summary = {
         "db": args.db, "device": res.config.device, "device_id": res.config.device_id,
-        "backend": res.config.backend, "target": res.config.target, "threads": res.config.threads,
+        "backend": res.config.backend, "target": res.config.target, "tuning": res.config.tuning,
+        "threads": res.config.threads,
         "cores": res.config.cores, "blocks": res.total, "already_stored": res.skipped,
         "measured": len(res.measured), "failed_now": len(res.failed), "compiled": res.compiled,
         "failed_stored": int((df.status == "failed").sum()), "peak_gflops": res.peak_gflops,
@@ -440,8 +443,9 @@ def cmd_profile(args) -> int:
         if res.unclean:
             print(res.unclean_line(), file=sys.stderr)
     else:
+        tuned = f", tuned {res.config.tuning}" if res.config.tuning else ""
         _print_rows(df, res.peak_gflops, title=f"{res.config.backend} on {res.config.device} "
-                                                f"({res.config.threads} thread(s), cores {res.config.cores})")
+                                                f"({res.config.threads} thread(s), cores {res.config.cores}{tuned})")
         print(f"{res.total} blocks: {len(res.measured)} measured now, {res.skipped} already stored, "
               f"{summary['failed_stored']} failed; {res.compiled} compiled; {res.wall_s:.1f} s; store: {args.db}")
         if summary["failed_stored"]:
@@ -517,10 +521,11 @@ def cmd_table(args) -> int:
             raise write_error(args.out, e) from None
         print(f"wrote {len(df)} rows to {args.out}", file=sys.stderr)
     groups = []
-    for (dev, dev_id, be, tgt, th, co), g in df.groupby(["device", "device_id", "backend", "target", "threads",
-                                                         "cores"], sort=False):
+    for (dev, dev_id, be, tgt, tu, th, co), g in df.groupby(["device", "device_id", "backend", "target", "tuning",
+                                                             "threads", "cores"], sort=False):
         ok = g[g.status == "ok"]
-        groups.append({"device": dev, "device_id": dev_id, "backend": be, "target": tgt, "threads": int(th),
+        groups.append({"device": dev, "device_id": dev_id, "backend": be, "target": tgt, "tuning": tu,
+                       "threads": int(th),
                        "cores": co, "rows": len(g), "ok": len(ok), "failed": int((g.status == "failed").sum()),
                        "sum_median_ms": float(ok.median_ms.sum()) if len(ok) else None,
                        "median_cv": float(ok.cv.median()) if len(ok) else None,
@@ -533,16 +538,18 @@ def cmd_table(args) -> int:
     from rich.table import Table
 
     t = Table(title=f"{args.db}: {len(df)} rows", title_justify="left")
-    for c in ("device", "backend", "threads", "cores", "ok", "failed", "sum of medians ms", "median CV %", "flagged"):
+    for c in ("device", "backend", "tuning", "threads", "cores", "ok", "failed", "sum of medians ms", "median CV %",
+              "flagged"):
         t.add_column(c)
     for g in groups:
-        t.add_row(g["device"], g["backend"], str(g["threads"]), g["cores"], str(g["ok"]), str(g["failed"]),
+        t.add_row(g["device"], g["backend"], g["tuning"] or "-", str(g["threads"]), g["cores"], str(g["ok"]),
+                  str(g["failed"]),
                   _fmt(g["sum_median_ms"], ".3f"), _fmt(g["median_cv"] and 100 * g["median_cv"], ".2f"),
                   str(g["flagged"]))
     Console().print(t)
     if args.rows:
         for g in groups:
             sel = df[(df.backend == g["backend"]) & (df.device == g["device"]) & (df.threads == g["threads"])
-                     & (df.cores == g["cores"])]
+                     & (df.cores == g["cores"]) & (df.tuning == g["tuning"])]
             _print_rows(sel, sel.peak_gflops.iloc[0] if len(sel) else None, title=f"{g['backend']} on {g['device']}")
     return 0

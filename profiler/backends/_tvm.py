@@ -67,6 +67,14 @@ class TVMBackend(Backend):
         except Exception as e:  # TVM raises TVMError/RuntimeError/... from deep inside; keep the reason
             raise CompileError(f"tvm build failed: {type(e).__name__}: {_first_line(e)}") from e
         fcompile = _fcompile_for(tgt_dict)
+        extra: dict[str, Any] = {"tune_trials": trials, "tune_threads": options.get("tune_threads")}
+        if trials > 0 and fcompile is None and tgt.kind.name == "llvm":
+            # a tuned schedule is MetaSchedule's choice among thousands: check it computes the block
+            # before its time is stored (untuned code is TVM's default lowering, checked by the tests)
+            with torch.no_grad():
+                expected = module(x).numpy()
+            extra["eager_max_rel_err"] = check_against_eager(_run_here(ex, x.numpy()), expected,
+                                                             f"MetaSchedule's schedule ({trials} trials)")
         try:
             if fcompile is None:
                 ex.export_library(str(out))
@@ -74,7 +82,7 @@ class TVMBackend(Backend):
                 ex.export_library(str(out), fcompile=fcompile)
         except Exception as e:
             raise CompileError(f"tvm export_library failed: {type(e).__name__}: {_first_line(e)}") from e
-        return {"tune_trials": int(options.get("tune_trials") or 0), "tune_threads": options.get("tune_threads")}
+        return extra
 
     def load(self, artifact: Artifact, device: str, threads: int) -> Runner:
         return _TVMRunner(artifact, device)
@@ -221,6 +229,38 @@ def _tune(mod, tgt, trials: int, threads: int | None = None, cost_model: str = "
             raise CompileError(f"MetaSchedule found no valid schedule in {trials} trials (every candidate "
                                "failed to build or run); raise --tune-trials or profile untuned")
         return transform.MetaScheduleApplyDatabase(work_dir)(mod)
+
+
+#: largest difference from eager PyTorch, relative to the output's largest magnitude, that a
+#: compiled block may show: float32 kernels that sum in another order differ by about 1e-6
+EAGER_REL_TOL = 1e-3
+
+
+def check_against_eager(got, expected, what: str) -> float:
+    """The largest difference of `got` from eager PyTorch's `expected`, relative to the output's
+    largest magnitude; raises `CompileError` naming `what` when it exceeds `EAGER_REL_TOL`."""
+    import numpy as np
+
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    if got.shape != expected.shape:
+        raise CompileError(f"{what} gives an output of shape {got.shape}, eager PyTorch {expected.shape}")
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-6)
+    err = float(np.abs(got - expected).max(initial=0.0)) / scale if np.all(np.isfinite(got)) else float("inf")
+    if not err <= EAGER_REL_TOL:
+        raise CompileError(f"{what} computes a different block: output differs from eager PyTorch by "
+                           f"{err:.2e} of its largest value (limit {EAGER_REL_TOL:g}); not timed. Profile "
+                           "untuned (--tune-trials 0) or report it to TVM")
+    return err
+
+
+def _run_here(ex, x):
+    """Run a relax executable built for this host's CPU once on `x` (numpy); its first output."""
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu(0)
+    out = relax.VirtualMachine(ex, dev)["main"](tvm.runtime.tensor(x, dev))
+    return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
 
 
 def _fcompile_for(tgt: dict[str, Any]):
