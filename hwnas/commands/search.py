@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hwnas.commands.predict import TUNE_HELP, _tuning
 from hwnas.cli import UserError
 
 HELP_FMT = argparse.ArgumentDefaultsHelpFormatter
@@ -31,10 +32,7 @@ def register(sub) -> None:
     pred.add_argument("--db", help="an SQLite store of measured blocks: their medians are the latency table")
     p.add_argument("--backend", help="with --db: the backend whose measurements to use (executorch, tvm, torch)")
     p.add_argument("--device", default="local", help="with --db: the device spec whose measurements to use")
-    p.add_argument("--tune-trials", type=int,
-                   help="with --db: the rows of TVM blocks that MetaSchedule tuned with this many trials per block "
-                        "(`hwnas profile --tune-trials N`; count; 0: untuned; default: any, refused when the "
-                        "store holds several tunings)")
+    p.add_argument("--tune-trials", type=int, help=TUNE_HELP)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
     p.add_argument("--epochs", type=int, default=10, help="epochs in all, warm-up included (count)")
@@ -134,8 +132,6 @@ def _predictor(args) -> tuple[Any, str]:
     if args.db:
         if not args.backend:
             raise UserError("--db needs --backend (the backend whose measurements make the latency table)")
-        from hwnas.commands.predict import _tuning
-
         sm = StoredMedians.from_store(args.db, args.backend, args.device, tuning=_tuning(args))
         return sm, f"stored medians {sm.source}"
     raise UserError("name a latency predictor: --predictor FILE, or --db DB --backend B")
