@@ -25,17 +25,30 @@ skip-more has become one, `hwnas run --skip-drop`, and runs through it):
   layers learn to work without the ones before them (benchmarks/skip_penalty.py measured that the
   default supernet charges a skipped layer about a point that training from scratch does not).
 - ``longer``: nothing changed but the search's length (``--search-epochs``, default 6 as in the
-  benchmark): is the supernet simply trained too little to rank?
+  benchmark): is the supernet simply trained too little to rank? ``default`` is the same name for the
+  unchanged search (with its 6 epochs).
+- ``distill``: the product's ``--weight-paths distill``: each weight step trains the space's largest
+  network on the labels, then the sampled path and the smallest network on the largest's predictions
+  (in-place distillation: slimmable networks, Yu and Huang 2019; BigNAS, Yu et al. 2020). The plain
+  sandwich (the same three networks, all on the labels) ranked worse on 5,000 images (tau 0.15 against
+  0.33); the teacher's soft labels are what BigNAS credits for sub-networks that need no retraining.
+
+``--skip-drop P`` adds the product's stochastic depth to any variant (skip-more is ``--skip-drop 0.25``).
+Where the reference run folder (the benchmark's middle target, up to its predictor) is missing, it is
+made first: a profile of the space into the work folder's store (ExecuTorch, this machine), the
+calibration networks and the latency predictor, as ``search_quality.py`` makes them.
 
 Writes benchmarks/results/supernet_variant_tau-<variant>-<date>.json (the uniform-ops result of
 2026-12-02, from this experiment's first script, is weight_ops_tau-2026-12-02.json).
 """
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -108,14 +121,19 @@ def _patch(variant: str) -> None:
         SharedMBConv.__init__, SharedMBConv._dw_weight = _init_with_maps, _mapped_dw_weight
     elif variant == "nn-init":
         SharedMBConv._start_as_smallest = lambda self: None
-    elif variant not in ("longer", "skip-more"):
-        raise SystemExit(f"--variant {variant}: use uniform-ops, kernel-maps, nn-init, skip-more or longer")
+    elif variant not in ("longer", "default", "skip-more", "distill"):
+        raise SystemExit(f"--variant {variant}: use {', '.join(VARIANTS)}")
+
+
+VARIANTS = ("default", "uniform-ops", "kernel-maps", "nn-init", "skip-more", "longer", "distill")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", required=True, choices=("uniform-ops", "kernel-maps", "nn-init", "skip-more", "longer"),
-                    help="the change to the shared supernet (see above)")
+    ap.add_argument("--variant", required=True, choices=VARIANTS, help="the change to the shared supernet (see above)")
+    ap.add_argument("--skip-drop", type=float, default=None,
+                    help="stochastic depth of the weight steps (share of steps, 0 to below 1; default 0, "
+                         f"skip-more {SKIP_SHARE})")
     ap.add_argument("--seed", type=int, default=0, help="the search's seed (default 0, the benchmark's)")
     ap.add_argument("--search-epochs", type=int, default=6,
                     help="epochs of the search, its 1 warm-up epoch included (count; default 6, the benchmark's)")
@@ -123,9 +141,19 @@ def main() -> None:
                     help="the search_quality result whose sub-networks and from-scratch accuracies are the "
                          "reference (default: the 4-seed run of 2026-12-02)")
     args = ap.parse_args()
+    skip = args.skip_drop if args.skip_drop is not None else (SKIP_SHARE if args.variant == "skip-more" else 0.0)
+    if not 0 <= skip < 1:
+        ap.error(f"--skip-drop {skip:g}: give a share from 0 to below 1")
     tag = args.variant + ("" if args.search_epochs == 6 else f"-{args.search_epochs}ep") + \
-        ("" if args.seed == 0 else f"-seed{args.seed}")
+        ("" if args.skip_drop is None else f"-drop{skip:g}") + ("" if args.seed == 0 else f"-seed{args.seed}")
     exp = W / f"exp-{tag}"
+    cli = argparse.Namespace(smoke=False, calibrate=10, search_epochs=args.search_epochs, warmup_epochs=1, train_epochs=3,
+                             limit=10000, seed=args.seed, skip_drop=0.0, search_seed=0)
+    sq.SPACE = "tiny-mnist-w"
+    if not (SOURCE / "stages.json").exists() or \
+            not all(k in json.loads((SOURCE / "stages.json").read_text()) for k in ("profile", "calibrate", "predictor")):
+        print(f"{SOURCE}: no predictor yet; profiling the space and fitting it first (as search_quality.py does)")
+        run(sq._cfg(cli, W, SOURCE.name, 0.126, search=True), sq._Progress("reference"), until="predictor")
     # the middle target's run up to its predictor (same profile, calibration and predictor), search again
     shutil.rmtree(exp, ignore_errors=True)
     exp.mkdir(parents=True)
@@ -135,11 +163,13 @@ def main() -> None:
     stages = json.loads((SOURCE / "stages.json").read_text())
     (exp / "stages.json").write_text(json.dumps({k: stages[k] for k in ("profile", "calibrate", "predictor")}))
     _patch(args.variant)
-    cli = argparse.Namespace(smoke=False, calibrate=10, search_epochs=args.search_epochs, warmup_epochs=1, train_epochs=3,
-                             limit=10000, seed=args.seed)
-    sq.SPACE = "tiny-mnist-w"
-    cli.skip_drop, cli.search_seed = (SKIP_SHARE if args.variant == "skip-more" else 0.0), args.seed
-    run(sq._cfg(cli, W, exp.name, 0.126, search=True), sq._Progress(args.variant), until="search")
+    cli.skip_drop, cli.search_seed = skip, args.seed
+    cfg = sq._cfg(cli, W, exp.name, 0.126, search=True)
+    if args.variant == "distill":
+        cfg = dataclasses.replace(cfg, weight_paths="distill")
+    t0 = time.perf_counter()
+    run(cfg, sq._Progress(args.variant), until="search")
+    search_s = time.perf_counter() - t0
     res = json.loads(Path(args.result).read_text())
     rows = res["supernet"]["networks"]
     seeds = sq.seeds_by_name(res)
@@ -158,6 +188,7 @@ def main() -> None:
            "reference": args.result, "reference_seeds": min(len(v) for v in seeds.values()),
            "kendall_tau": kt.statistic, "p": kt.pvalue, "default_tau": old.statistic,
            "train_acc_after_warmup": log.get("train_acc_after_warmup"), "found": log["choices"],
+           "skip_drop": skip, "weight_paths": cfg.weight_paths, "search_seconds": round(search_s, 1),
            "skip_cost_inherited": {"pairs": len(pairs), "mean": float(np.mean(skip_cost)) if skip_cost else None,
                                    "each": [round(c, 4) for c in skip_cost],
                                    "default_mean": float(np.mean([q["inherited_cost"] for q in pairs])) if pairs else None,

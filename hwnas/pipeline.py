@@ -65,7 +65,9 @@ class RunConfig:
     calibrate: int = 10  # networks spanning the space's latency range, timed end to end for the network model (count)
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
     weights: str = "shared"  # supernet candidates: shared (superkernel + elastic expand) or separate (ProxylessNAS)
-    weight_paths: str = "one"  # one: each weight step trains a sampled path; sandwich: also the largest and smallest
+    # one: each weight step trains a sampled path; sandwich: also the largest and smallest;
+    # distill: the sandwich, the sampled path and the smallest on the largest's predictions
+    weight_paths: str = "one"
     skip_drop: float = 0.0  # weight steps: each skippable layer skipped with this probability, else p (0..1)
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps

@@ -64,8 +64,10 @@ __all__ = ["MixedOp", "Supernet", "SharedMBConv", "SlicedConv", "MODES", "WEIGHT
 MODES = ("binary", "reinforce", "all")
 WEIGHTS = ("separate", "shared")
 #: what a weight step trains: ``one`` path sampled from p (ProxylessNAS); ``sandwich`` also the largest and
-#: the smallest network of the space, their gradients summed (BigNAS's sandwich rule, as in Once-for-All)
-WEIGHT_PATHS = ("one", "sandwich")
+#: the smallest network of the space, their gradients summed (BigNAS's sandwich rule, as in Once-for-All);
+#: ``distill`` the same three, the largest on the labels and the other two on the largest's predictions
+#: (in-place distillation: Yu and Huang's slimmable networks, 2019; BigNAS, Yu et al. 2020)
+WEIGHT_PATHS = ("one", "sandwich", "distill")
 
 
 class _BinaryGateFn(torch.autograd.Function):

@@ -77,7 +77,9 @@ class SearchConfig:
     arch_every: int = 5  # weight steps per architecture step
     mode: str = "binary"  # binary | reinforce | all
     weights: str = "separate"  # separate (ProxylessNAS) | shared (superkernel + elastic expand; see search.supernet)
-    weight_paths: str = "one"  # one | sandwich: each weight step also trains the largest and smallest network
+    # one | sandwich: each weight step also trains the largest and smallest network | distill: the sandwich,
+    # the sampled path and the smallest on the largest's predictions
+    weight_paths: str = "one"
     skip_drop: float = 0.0  # weight steps: each skippable layer skipped with this probability, else p (0..1)
     loss: str = "add"  # add | mul
     lam: float = 0.1  # additive loss weight, 1/ms
@@ -118,8 +120,9 @@ class SearchConfig:
             raise SearchError(f"unknown weights {self.weights!r}; known: {', '.join(WEIGHTS)}")
         if self.weight_paths not in WEIGHT_PATHS:
             raise SearchError(f"--weight-paths {self.weight_paths}: use one of {', '.join(WEIGHT_PATHS)}")
-        if self.weight_paths == "sandwich" and self.mode == "all":
-            raise SearchError("--weight-paths sandwich samples paths; the all-paths mode runs every path already")
+        if self.weight_paths != "one" and self.mode == "all":
+            raise SearchError(f"--weight-paths {self.weight_paths} samples paths; the all-paths mode runs every "
+                              "path already")
         if not (_finite(self.skip_drop) and 0 <= self.skip_drop < 1):
             raise SearchError(f"--skip-drop {self.skip_drop}: give a share of weight steps from 0 to below 1")
         if self.skip_drop > 0 and self.mode == "all":
@@ -432,7 +435,7 @@ def _setup(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool, progres
         s.width_baseline = ck.get("width_baseline")
         progress.message(f"resuming {out} after epoch {s.start - 1} of {cfg.epochs}")
     s.resumed_from = s.start if resume and s.start > 0 else None
-    if cfg.weight_paths == "sandwich":
+    if cfg.weight_paths in ("sandwich", "distill"):
         s.sandwich = sandwich_ends(space, table)
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -463,19 +466,7 @@ def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
         if net.width_stages:
             # each stage's width drawn uniformly, not from p (see the module's docstring)
             net.sample_widths(s.gen, uniform=True)
-        s.w_opt.zero_grad(set_to_none=True)
-        # the sampled path, then (sandwich) the largest and the smallest network: gradients summed, and
-        # under DDP reduced once, by the last backward
-        paths: list[list[int] | None] = [None, *s.sandwich]
-        for k, ends in enumerate(paths):
-            quiet = k < len(paths) - 1 and d.world > 1
-            with (s.model.no_sync() if quiet else contextlib.nullcontext()), \
-                    (net.fixed_paths(ends) if ends else contextlib.nullcontext()):
-                out = s.model(x)
-                step_loss = F.cross_entropy(out, y)
-                step_loss.backward()
-            if k == 0:
-                logits, loss = out, step_loss
+        logits, loss = _weight_grads(s, x, y)
         s.w_opt.step()
         s.sched.step()
         for a in alphas:
@@ -511,6 +502,34 @@ def _epoch(s: _Search, epoch: int, progress: SearchProgress) -> dict[str, Any]:
             "arch_loss": round(sums["arch_loss"] / sums["arch_steps"], 5) if sums["arch_steps"] else None,
             "lr": round(s.sched.get_last_lr()[0], 6), "choices": choices,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _weight_grads(s: _Search, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights' gradients of one weight step on the batch (x, y), for the path that is set: that
+    path, then (sandwich) the space's largest and smallest networks, gradients summed and under DDP
+    reduced once, by the last backward. distill: the largest first, on the labels; the set path and
+    the smallest then learn the largest's predictions (its softmax, detached) by KL divergence, not
+    the labels. Returns the set path's logits and its cross-entropy on the labels (for the log)."""
+    cfg, d, net = s.cfg, s.d, s.net
+    s.w_opt.zero_grad(set_to_none=True)
+    paths: list[list[int] | None] = ([s.sandwich[0], None, s.sandwich[1]] if cfg.weight_paths == "distill"
+                                     else [None, *s.sandwich])
+    soft = None
+    for k, ends in enumerate(paths):
+        quiet = k < len(paths) - 1 and d.world > 1
+        with (s.model.no_sync() if quiet else contextlib.nullcontext()), \
+                (net.fixed_paths(ends) if ends else contextlib.nullcontext()):
+            out = s.model(x)
+            if soft is None:
+                step_loss = F.cross_entropy(out, y)
+            else:
+                step_loss = F.kl_div(F.log_softmax(out, 1), soft, reduction="batchmean")
+            step_loss.backward()
+        if cfg.weight_paths == "distill" and k == 0:
+            soft = F.softmax(out.detach(), 1)
+        if ends is None:
+            logits, loss = out.detach(), F.cross_entropy(out.detach(), y)
+    return logits, loss
 
 
 def sandwich_ends(space, table: LatencyTable) -> list[list[int]]:

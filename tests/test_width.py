@@ -396,6 +396,42 @@ def test_the_sandwich_trains_the_largest_network_even_when_p_leans_to_the_smalle
     assert with_sandwich > 0 and without < 1e-3 * with_sandwich, (with_sandwich, without)
 
 
+
+def test_distill_trains_the_smaller_networks_on_the_largest_ones_predictions_not_the_labels(tmp_path):
+    """--weight-paths distill: the largest network learns the labels, the sampled path and the
+    smallest network the largest's predictions. So relabelling a batch changes a distill step's
+    gradients exactly as much as it changes the largest network's own cross-entropy gradients; in
+    the plain sandwich, where all three learn the labels, it changes them by more."""
+    import torch.nn.functional as F
+
+    from search.train import SearchConfig, SearchProgress, _setup, _weight_grads
+
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y1 = torch.arange(16) % 10
+    y2 = (y1 + 3) % 10
+
+    def grads(paths, y, teacher_only=False):
+        cfg = SearchConfig(space=SPACE, data="digits", out=str(tmp_path / f"{paths}-{teacher_only}"), epochs=1,
+                           batch_size=16, limit=200, weights="shared", loss="hinge", target_ms=1e3,
+                           weight_paths=paths)
+        s = _setup(cfg, FlopsMs(), False, SearchProgress())
+        s.net.sample_paths(torch.Generator().manual_seed(5))
+        if teacher_only:
+            s.w_opt.zero_grad(set_to_none=True)
+            with s.net.fixed_paths(s.sandwich[0]):
+                F.cross_entropy(s.net(x), y).backward()
+        else:
+            _weight_grads(s, x, y)
+        return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten()
+                          for p in s.net.weight_parameters()])
+
+    teacher = grads("distill", y1, True) - grads("distill", y2, True)
+    distill = grads("distill", y1) - grads("distill", y2)
+    sandwich = grads("sandwich", y1) - grads("sandwich", y2)
+    assert float(teacher.abs().max()) > 0
+    torch.testing.assert_close(distill, teacher, rtol=1e-4, atol=1e-6)
+    assert float((sandwich - teacher).abs().max()) > 10 * float((distill - teacher).abs().max()) + 1e-6
+
 def test_skip_drop_reaches_the_weight_steps_of_a_search(tmp_path):
     """--skip-drop P from the search's options to its weight steps: with p pinned to k3e3, only the
     stochastic depth can skip a layer, and it does in about P of the skippable layers' steps."""
