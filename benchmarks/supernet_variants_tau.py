@@ -66,7 +66,7 @@ from search.supernet import SharedMBConv, Supernet  # noqa: E402
 from search.train import inherited_accuracy  # noqa: E402
 
 W = ROOT / "runs" / "bench-search-quality-tiny-mnist-w"
-SOURCE = W / "target-0.126ms"
+SOURCE = W / "probe"  # search_quality.py's probe: profile, calibration and predictor, no search
 RESULT = ROOT / "benchmarks" / "results" / "search_quality-tiny-mnist-w-2026-12-02-seeds4.json"
 SKIP_PAIRS = ROOT / "benchmarks" / "results" / "skip_penalty-2026-12-02.json"
 
@@ -150,10 +150,14 @@ def main() -> None:
     cli = argparse.Namespace(smoke=False, calibrate=10, search_epochs=args.search_epochs, warmup_epochs=1, train_epochs=3,
                              limit=10000, seed=args.seed, skip_drop=0.0, search_seed=0)
     sq.SPACE = "tiny-mnist-w"
+    probe = sq._cfg(cli, W, SOURCE.name, None)
     if not (SOURCE / "stages.json").exists() or \
             not all(k in json.loads((SOURCE / "stages.json").read_text()) for k in ("profile", "calibrate", "predictor")):
         print(f"{SOURCE}: no predictor yet; profiling the space and fitting it first (as search_quality.py does)")
-        run(sq._cfg(cli, W, SOURCE.name, 0.126, search=True), sq._Progress("reference"), until="predictor")
+        run(probe, sq._Progress("probe"), until="predictor")
+    # the benchmark's middle target, from this machine's predictor (s = 0.5 of its ladder: 0.126 ms on the
+    # 2026-12-02 host; a slower host has a slower range, and a fixed number could lie outside it)
+    target = sq._targets(sq._uniform_predictions(probe), [0.5])[0]
     # the middle target's run up to its predictor (same profile, calibration and predictor), search again
     shutil.rmtree(exp, ignore_errors=True)
     exp.mkdir(parents=True)
@@ -164,7 +168,7 @@ def main() -> None:
     (exp / "stages.json").write_text(json.dumps({k: stages[k] for k in ("profile", "calibrate", "predictor")}))
     _patch(args.variant)
     cli.skip_drop, cli.search_seed = skip, args.seed
-    cfg = sq._cfg(cli, W, exp.name, 0.126, search=True)
+    cfg = sq._cfg(cli, W, exp.name, target, search=True)
     if args.variant == "distill":
         cfg = dataclasses.replace(cfg, weight_paths="distill")
     t0 = time.perf_counter()
@@ -183,12 +187,12 @@ def main() -> None:
     skip_cost = [t - by_choices[json.dumps(q["choices"])] for q, t in zip(pairs, twins)]
     kt, old = kendalltau(accs, scratch), kendalltau([r["inherited_acc"] for r in rows], scratch)
     log = json.loads((exp / "search.json").read_text())
-    out = {"experiment": f"{args.variant}: the 0.126 ms target's search ({args.search_epochs} epochs, 1 of them "
+    out = {"experiment": f"{args.variant}: the {target:g} ms target's search ({args.search_epochs} epochs, 1 of them "
                          f"warm-up), 10,000 Fashion-MNIST images, seed {args.seed}",
            "reference": args.result, "reference_seeds": min(len(v) for v in seeds.values()),
            "kendall_tau": kt.statistic, "p": kt.pvalue, "default_tau": old.statistic,
            "train_acc_after_warmup": log.get("train_acc_after_warmup"), "found": log["choices"],
-           "skip_drop": skip, "weight_paths": cfg.weight_paths, "search_seconds": round(search_s, 1),
+           "target_ms": target, "machine": sq.machine(), "skip_drop": skip, "weight_paths": cfg.weight_paths, "search_seconds": round(search_s, 1),
            "skip_cost_inherited": {"pairs": len(pairs), "mean": float(np.mean(skip_cost)) if skip_cost else None,
                                    "each": [round(c, 4) for c in skip_cost],
                                    "default_mean": float(np.mean([q["inherited_cost"] for q in pairs])) if pairs else None,
