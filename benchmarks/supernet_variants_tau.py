@@ -1,8 +1,9 @@
 """Experiments (issue 12, Kendall tau): the middle target's search of `search_quality.py --space
 tiny-mnist-w --limit 10000 --train-epochs 3` again with one change to the shared supernet, then the
 inherited accuracy of that benchmark's 19 sub-networks (BN recalibrated) against their from-scratch
-accuracy (the mean of every seed the result file holds). Needs that benchmark's work folder and
-result file (run it first):
+accuracy (the mean of every seed the result file holds: accuracies do not depend on the machine, so
+the stored result serves on any host). The search runs on this machine's profile and predictor (the
+benchmark's probe folder, made here if missing) at its middle target (s = 0.5 of its ladder):
 
     .venv/bin/python benchmarks/supernet_variants_tau.py --variant uniform-ops [--result <file>.json]
 
