@@ -22,7 +22,11 @@ logits still learn from the architecture steps).
 largest network alike) adds the space's largest and smallest networks to every weight step. Measured
 on the same task (target 0.131 ms, search seeds 0 and 1): the supernet's train accuracy after the
 warm-up rose from 0.38-0.40 to 0.46-0.49, but Kendall tau fell from 0.33 (both seeds) to 0.15 (both),
-at 3x the weight step's cost: not the default.
+at 3x the weight step's cost: not the default. ``weight_paths="distill"`` trains the same three, the
+largest on the labels and the other two on its predictions (in-place distillation, BigNAS). On
+tiny-mnist-w with 10,000 images (two search seeds) it brought the inherited accuracies to within about
+a point of the from-scratch ones (the default's sit 3.5-4 points below them) without ranking them
+better (tau 0.08 / 0.23): not the default either (benchmarks/README.md, supernet variants).
 
 Data-parallel under ``torchrun``: when ``WORLD_SIZE > 1`` the process group is set up (gloo on
 CPU, NCCL on CUDA), the weights are wrapped in `DistributedDataParallel`, each rank reads its shard,
