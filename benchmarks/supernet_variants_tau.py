@@ -35,7 +35,7 @@ skip-more has become one, `hwnas run --skip-drop`, and runs through it):
   0.33); the teacher's soft labels are what BigNAS credits for sub-networks that need no retraining.
 
 ``--skip-drop P`` adds the product's stochastic depth to any variant (skip-more is ``--skip-drop 0.25``).
-Where the reference run folder (the benchmark's middle target, up to its predictor) is missing, it is
+Where the benchmark's probe folder (profile, calibration and predictor, no search) is missing, it is
 made first: a profile of the space into the work folder's store (ExecuTorch, this machine), the
 calibration networks and the latency predictor, as ``search_quality.py`` makes them.
 
@@ -193,7 +193,8 @@ def main() -> None:
            "reference": args.result, "reference_seeds": min(len(v) for v in seeds.values()),
            "kendall_tau": kt.statistic, "p": kt.pvalue, "default_tau": old.statistic,
            "train_acc_after_warmup": log.get("train_acc_after_warmup"), "found": log["choices"],
-           "target_ms": target, "machine": sq.machine(), "skip_drop": skip, "weight_paths": cfg.weight_paths, "search_seconds": round(search_s, 1),
+           "target_ms": target, "machine": sq.machine(), "skip_drop": skip, "weight_paths": cfg.weight_paths,
+           "search_seconds": round(search_s, 1),
            "skip_cost_inherited": {"pairs": len(pairs), "mean": float(np.mean(skip_cost)) if skip_cost else None,
                                    "each": [round(c, 4) for c in skip_cost],
                                    "default_mean": float(np.mean([q["inherited_cost"] for q in pairs])) if pairs else None,

@@ -531,8 +531,9 @@ def _weight_grads(s: _Search, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
             step_loss.backward()
         if cfg.weight_paths == "distill" and k == 0:
             soft = F.softmax(out.detach(), 1)
-        if ends is None:
-            logits, loss = out.detach(), F.cross_entropy(out.detach(), y)
+        if ends is None:  # the set path: its cross-entropy is the step's loss unless it learnt soft labels
+            logits = out.detach()
+            loss = step_loss.detach() if soft is None else F.cross_entropy(logits, y)
     return logits, loss
 
 

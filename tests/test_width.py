@@ -396,7 +396,6 @@ def test_the_sandwich_trains_the_largest_network_even_when_p_leans_to_the_smalle
     assert with_sandwich > 0 and without < 1e-3 * with_sandwich, (with_sandwich, without)
 
 
-
 def test_distill_trains_the_smaller_networks_on_the_largest_ones_predictions_not_the_labels(tmp_path):
     """--weight-paths distill: the largest network learns the labels, the sampled path and the
     smallest network the largest's predictions. So relabelling a batch changes a distill step's
@@ -431,6 +430,7 @@ def test_distill_trains_the_smaller_networks_on_the_largest_ones_predictions_not
     assert float(teacher.abs().max()) > 0
     torch.testing.assert_close(distill, teacher, rtol=1e-4, atol=1e-6)
     assert float((sandwich - teacher).abs().max()) > 10 * float((distill - teacher).abs().max()) + 1e-6
+
 
 def test_skip_drop_reaches_the_weight_steps_of_a_search(tmp_path):
     """--skip-drop P from the search's options to its weight steps: with p pinned to k3e3, only the
