@@ -34,6 +34,12 @@ skip-more has become one, `hwnas run --skip-drop`, and runs through it):
   sandwich (the same three networks, all on the labels) ranked worse on 5,000 images (tau 0.15 against
   0.33); the teacher's soft labels are what BigNAS credits for sub-networks that need no retraining.
 
+- ``depth-tail``: the product's ``--depth tail`` (Once-for-All's elastic depth): in a stage, the k-th
+  layer that runs uses the k-th layer's weights, so a sub-network that skips a middle layer runs as the
+  same network skipping the stage's last one. The default supernet charges skipping a stage's second
+  layer (random-1, random-6, random-9) and not its last (random-2, -5, -7): the layer after a skipped
+  one sees an input it is rarely trained on.
+
 ``--skip-drop P`` adds the product's stochastic depth to any variant (skip-more is ``--skip-drop 0.25``).
 Where the benchmark's probe folder (profile, calibration and predictor, no search) is missing, it is
 made first: a profile of the space into the work folder's store (ExecuTorch, this machine), the
@@ -122,11 +128,11 @@ def _patch(variant: str) -> None:
         SharedMBConv.__init__, SharedMBConv._dw_weight = _init_with_maps, _mapped_dw_weight
     elif variant == "nn-init":
         SharedMBConv._start_as_smallest = lambda self: None
-    elif variant not in ("longer", "default", "skip-more", "distill"):
+    elif variant not in ("longer", "default", "skip-more", "distill", "depth-tail"):
         raise SystemExit(f"--variant {variant}: use {', '.join(VARIANTS)}")
 
 
-VARIANTS = ("default", "uniform-ops", "kernel-maps", "nn-init", "skip-more", "longer", "distill")
+VARIANTS = ("default", "uniform-ops", "kernel-maps", "nn-init", "skip-more", "longer", "distill", "depth-tail")
 
 
 def main() -> None:
@@ -172,6 +178,8 @@ def main() -> None:
     cfg = sq._cfg(cli, W, exp.name, target, search=True)
     if args.variant == "distill":
         cfg = dataclasses.replace(cfg, weight_paths="distill")
+    if args.variant == "depth-tail":
+        cfg = dataclasses.replace(cfg, depth="tail")
     t0 = time.perf_counter()
     run(cfg, sq._Progress(args.variant), until="search")
     search_s = time.perf_counter() - t0
@@ -194,6 +202,7 @@ def main() -> None:
            "kendall_tau": kt.statistic, "p": kt.pvalue, "default_tau": old.statistic,
            "train_acc_after_warmup": log.get("train_acc_after_warmup"), "found": log["choices"],
            "target_ms": target, "machine": sq.machine(), "skip_drop": skip, "weight_paths": cfg.weight_paths,
+           "depth": cfg.depth,
            "search_seconds": round(search_s, 1),
            "skip_cost_inherited": {"pairs": len(pairs), "mean": float(np.mean(skip_cost)) if skip_cost else None,
                                    "each": [round(c, 4) for c in skip_cost],

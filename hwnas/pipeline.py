@@ -69,6 +69,8 @@ class RunConfig:
     # distill: the sandwich, the sampled path and the smallest on the largest's predictions
     weight_paths: str = "one"
     skip_drop: float = 0.0  # weight steps: each skippable layer skipped with this probability, else p (0..1)
+    # any: each layer on its own weights; tail: a stage's k-th running layer on the k-th layer's (OFA's elastic depth)
+    depth: str = "any"
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps
     loss: str = "abs"  # abs: CE + weight * |LAT / T - 1| (TuNAS), the target steers a short search; see search.latency
@@ -127,7 +129,10 @@ class RunConfig:
 
         if self.weights not in WEIGHTS:
             raise RunError(f"--weights {self.weights}: use one of {', '.join(WEIGHTS)}")
-        from search.supernet import WEIGHT_PATHS
+        from search.supernet import DEPTHS, WEIGHT_PATHS
+
+        if self.depth not in DEPTHS:
+            raise RunError(f"--depth {self.depth}: use one of {', '.join(DEPTHS)}")
 
         if self.weight_paths not in WEIGHT_PATHS:
             raise RunError(f"--weight-paths {self.weight_paths}: use one of {', '.join(WEIGHT_PATHS)}")
@@ -435,7 +440,7 @@ def stage_search(run: Run, cfg: RunConfig, progress: Progress) -> tuple[SearchSt
     scfg = SearchConfig(space=cfg.space, data=cfg.data, out=str(out), epochs=cfg.search_epochs,
                         warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, arch_lr=cfg.arch_lr,
                         arch_every=cfg.arch_every, lr=cfg.search_lr, weights=cfg.weights,
-                        weight_paths=cfg.weight_paths, skip_drop=cfg.skip_drop,
+                        weight_paths=cfg.weight_paths, skip_drop=cfg.skip_drop, depth=cfg.depth,
                         loss=cfg.loss, lam=cfg.lam, beta=cfg.beta, weight=cfg.weight,
                         lat_temperature=cfg.lat_temperature, target_ms=target, seed=cfg.seed,
                         limit=cfg.limit, predictor=str(run.path(PREDICTOR_FILE)), threads=_train_threads(cfg))

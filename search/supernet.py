@@ -28,6 +28,16 @@ Weights (also passed to the constructor, with any mode):
   latency still comes from each candidate's own block, and the derived network is a plain
   `ArchSpec` whose weights are copies of its slices (`Supernet.derived_state_dict`).
 
+Depth (also passed to the constructor, any mode but ``"all"``): ``"any"`` runs each layer on its own
+weights, wherever the network skips. ``"tail"`` is Once-for-All's elastic depth (Cai et al., ICLR 2020,
+section 3.2: a stage runs its first D layers): in a run of consecutive skippable layers with the same
+candidates (inside a stage), the k-th layer that runs uses the k-th layer's weights. A network that
+skips a layer of a stage is the same network (same blocks, same latency) as the one that skips the
+stage's last layer instead, so ``"tail"`` runs it as that one: a layer's weights always receive the
+output of the weights before them, never of the layer before that, and a sub-network that skips
+inherits weights trained in exactly its configuration. The choices and the derived network keep the
+skips where the search put them; `Supernet.derived_state_dict` copies each block the weights it ran on.
+
 Width (a space with ``widths``, `profiler.spaces`): each stage's channel count is a choice with
 logits of its own (`Supernet.width_choices`, one row of ``len(space.widths)`` per stage). Every
 MBConv candidate and the final conv are built at the widest width and run at a narrower one on
@@ -59,7 +69,7 @@ from profiler.blocks import ArchSpec, BlockSpec, se_channels
 from profiler.spaces import SearchSpace
 from search.latency import SearchError
 
-__all__ = ["MixedOp", "Supernet", "SharedMBConv", "SlicedConv", "MODES", "WEIGHTS"]
+__all__ = ["MixedOp", "Supernet", "SharedMBConv", "SlicedConv", "MODES", "WEIGHTS", "WEIGHT_PATHS", "DEPTHS"]
 
 MODES = ("binary", "reinforce", "all")
 WEIGHTS = ("separate", "shared")
@@ -68,6 +78,9 @@ WEIGHTS = ("separate", "shared")
 #: ``distill`` the same three, the largest on the labels and the other two on the largest's predictions
 #: (in-place distillation: Yu and Huang's slimmable networks, 2019; BigNAS, Yu et al. 2020)
 WEIGHT_PATHS = ("one", "sandwich", "distill")
+#: which weights a layer runs on where the network skips: ``any`` its own; ``tail`` the k-th running layer of a
+#: stage the k-th layer's (Once-for-All's elastic depth; see the module docstring)
+DEPTHS = ("any", "tail")
 
 
 class _BinaryGateFn(torch.autograd.Function):
@@ -84,8 +97,8 @@ class _BinaryGateFn(torch.autograd.Function):
         assert pair is not None
         x_leaf = x.detach().requires_grad_(x.requires_grad)
         with torch.enable_grad():
-            y = op.candidates[op._active](x_leaf)
-        ctx.op, ctx.pair, ctx.active = op, pair, op._active
+            y = op.run(op._active, x_leaf)
+        ctx.op, ctx.pair, ctx.active, ctx.route = op, pair, op._active, op._route
         ctx.save_for_backward(x_leaf, y, alpha)
         return y.detach()
 
@@ -99,7 +112,7 @@ class _BinaryGateFn(torch.autograd.Function):
         gate_grad = torch.zeros(2, dtype=grad_y.dtype)
         with torch.no_grad():
             for k, j in enumerate(pair):
-                out = y.detach() if j == active else op.candidates[j](x_leaf.detach())
+                out = y.detach() if j == active else op.run(j, x_leaf.detach(), ctx.route)
                 gate_grad[k] = (grad_y * out).sum()
             p = torch.softmax(alpha.detach()[list(pair)], 0)
             # dL/dalpha_i = sum_j dL/dg_j * p_j * (delta_ij - p_i), over the two sampled paths
@@ -131,6 +144,23 @@ class MixedOp(nn.Module):
         self._pair: tuple[int, int] | None = None
         self._fixed: int | None = None  # set by Supernet.fixed_paths: overrides the mode
         self.last_gate_grad: torch.Tensor | None = None  # dL/dg of the last binarised backward (shape (2,))
+        # depth="tail": the layer whose candidates run in this one's place (set by Supernet.forward); (None,): its own.
+        # A tuple, so nn.Module does not register that layer a second time (in the state dict too)
+        self._routed: tuple[MixedOp | None] = (None,)
+
+    @property
+    def _route(self) -> "MixedOp | None":
+        return self._routed[0]
+
+    @property
+    def chosen(self) -> int:
+        """The path that runs in the forward pass now (the fixed one, else the active one)."""
+        return self._active if self._fixed is None else self._fixed
+
+    def run(self, index: int, x: torch.Tensor, route: "MixedOp | None | bool" = True) -> torch.Tensor:
+        """Candidate ``index`` on ``x``, on the weights of ``route`` (True: the route set now; None: its own)."""
+        src = self._route if route is True else route
+        return (src if src is not None else self).candidates[index](x)
 
     @property
     def probs(self) -> torch.Tensor:
@@ -146,18 +176,19 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fixed is not None:
-            return self.candidates[self._fixed](x)
+            return self.run(self._fixed, x)
         if self.mode == "all":
             p = self.probs
             return sum(p[j] * op(x) for j, op in enumerate(self.candidates))
         if self._pair is not None and self.alpha.requires_grad and torch.is_grad_enabled():
             return _BinaryGateFn.apply(x, self.alpha, self)
-        return self.candidates[self._active](x)
+        return self.run(self._active, x)
 
     def candidate_state_dict(self, index: int) -> dict[str, torch.Tensor]:
-        """Candidate ``index``'s weights keyed as its block's own module (``BlockSpec.build()``); the
-        tensors may be the candidate's own (separate weights): clone before changing them."""
-        c = self.candidates[index]
+        """Candidate ``index``'s weights keyed as its block's own module (``BlockSpec.build()``), from the
+        layer it runs on now (its route); the tensors may be the candidate's own (separate weights):
+        clone before changing them."""
+        c = (self._route or self).candidates[index]
         if isinstance(c, _SharedView):
             return c.owner.candidate_module(c.index).state_dict()
         return c.state_dict()
@@ -415,10 +446,16 @@ class Supernet(nn.Module):
     Raises `SearchError` for ``weights="shared"`` on a layer whose candidates cannot share weights.
     """
 
-    def __init__(self, space: SearchSpace, mode: str = "binary", seed: int = 0, weights: str = "separate"):
+    def __init__(self, space: SearchSpace, mode: str = "binary", seed: int = 0, weights: str = "separate",
+                 depth: str = "any"):
         super().__init__()
         if weights not in WEIGHTS:
             raise ValueError(f"unknown weights {weights!r}; known: {', '.join(WEIGHTS)}")
+        if depth not in DEPTHS:
+            raise ValueError(f"unknown depth {depth!r}; known: {', '.join(DEPTHS)}")
+        if depth != "any" and mode == "all":
+            raise ValueError(f"depth={depth!r} routes the path that runs; the all-paths mode runs every path")
+        self.depth = depth
         self.space = space
         self.mode = mode
         self.weights = weights
@@ -449,6 +486,7 @@ class Supernet(nn.Module):
         # per searchable layer, the index of its zero op (the layer skipped), or None
         self._zero_ops = [next((j for j, c in enumerate(layer.candidates) if c.kind == "zero"), None)
                           for layer in space.layers if layer.searchable]
+        self._runs = _skippable_runs(space) if depth == "tail" else []
 
     # ---- parameters -----------------------------------------------------------------------
     @property
@@ -516,9 +554,21 @@ class Supernet(nn.Module):
                    torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._set_routes()
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def _set_routes(self) -> None:
+        """depth="tail": in each run of skippable layers, the k-th layer whose path is not the zero op
+        runs on the k-th layer's candidates (`MixedOp.chosen` decides; a no-op for depth="any")."""
+        for run in self._runs:
+            k = 0
+            for i in run:
+                m = self.layers[i]
+                m._routed = (None if run[k] == i else self.layers[run[k]],)
+                if self.space.layers[i].candidates[m.chosen].kind != "zero":
+                    k += 1
 
     # ---- sampling (the generator is shared and seeded, so every rank draws the same paths) --
     def sample_paths(self, gen: torch.Generator, widths: bool = True, skip_drop: float = 0.0) -> list[int]:
@@ -616,10 +666,9 @@ class Supernet(nn.Module):
     def derived_state_dict(self, choices: Sequence[int]) -> dict[str, torch.Tensor]:
         """The weights of the network with ``choices``, keyed for ``ArchSpec.build()`` (an nn.Sequential);
         with shared weights or width choices, copies of the chosen candidates' slices."""
-        ops, ws = self.space.split(choices)
-        before = self.widths
-        self.set_widths(ws)
-        try:
+        ops, _ = self.space.split(choices)
+        with self.fixed_paths(choices):
+            self._set_routes()  # depth="tail": each block's weights are those it runs on
             it = iter(ops)
             out: dict[str, torch.Tensor] = {}
             for i, layer in enumerate(self.layers):
@@ -631,8 +680,28 @@ class Supernet(nn.Module):
                     sd = layer.state_dict()
                 out.update({f"{i}.{k}": v.clone() for k, v in sd.items()})
             return out
-        finally:
-            self.set_widths(before)
+
+
+def _skippable_runs(space: SearchSpace) -> list[list[int]]:
+    """The runs (two layers or more) of consecutive searchable layers that may be skipped and hold the
+    same candidates (the same blocks at every width pair): layers whose places in a network can be
+    swapped without changing it. Indices into ``space.layers``."""
+    def sig(layer) -> tuple:
+        return tuple((pair, tuple(c.key for c in cands)) for pair, cands in
+                     (layer.variants or (((0, 0), layer.candidates),)))
+
+    runs: list[list[int]] = []
+    cur: list[int] = []
+    for i, layer in enumerate(space.layers):
+        if layer.searchable and layer.has_zero and cur and sig(space.layers[cur[-1]]) == sig(layer):
+            cur.append(i)
+            continue
+        if len(cur) > 1:
+            runs.append(cur)
+        cur = [i] if layer.searchable and layer.has_zero else []
+    if len(cur) > 1:
+        runs.append(cur)
+    return runs
 
 
 def _shared_mixed_op(candidates: Sequence[BlockSpec], mode: str) -> MixedOp:

@@ -55,7 +55,7 @@ from profiler.blocks import ArchSpec
 from profiler.spaces import load_space
 from search.data import load_data
 from search.latency import LOSSES, LatencyPredictor, LatencyTable, SearchError, check_target, latency_loss
-from search.supernet import MODES, WEIGHT_PATHS, WEIGHTS, Supernet
+from search.supernet import DEPTHS, MODES, WEIGHT_PATHS, WEIGHTS, Supernet
 
 __all__ = ["SearchConfig", "SearchProgress", "run_search", "train_arch", "inherited_accuracy", "CHECKPOINT"]
 
@@ -85,6 +85,8 @@ class SearchConfig:
     # the sampled path and the smallest on the largest's predictions
     weight_paths: str = "one"
     skip_drop: float = 0.0  # weight steps: each skippable layer skipped with this probability, else p (0..1)
+    # any: each layer on its own weights | tail: a stage's k-th running layer on the k-th layer's (OFA's elastic depth)
+    depth: str = "any"
     loss: str = "add"  # add | mul
     lam: float = 0.1  # additive loss weight, 1/ms
     beta: float = 0.3  # multiplicative loss exponent
@@ -129,6 +131,10 @@ class SearchConfig:
                               "path already")
         if not (_finite(self.skip_drop) and 0 <= self.skip_drop < 1):
             raise SearchError(f"--skip-drop {self.skip_drop}: give a share of weight steps from 0 to below 1")
+        if self.depth not in DEPTHS:
+            raise SearchError(f"--depth {self.depth}: use one of {', '.join(DEPTHS)}")
+        if self.depth != "any" and self.mode == "all":
+            raise SearchError(f"--depth {self.depth} routes the path that runs; the all-paths mode runs every path")
         if self.skip_drop > 0 and self.mode == "all":
             raise SearchError("--skip-drop samples paths; the all-paths mode runs every path already")
         if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
@@ -412,7 +418,7 @@ def _setup(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool, progres
     if (out / CHECKPOINT).exists() and not resume:
         raise SearchError(f"{out} holds a search checkpoint; pass --resume to continue it or choose another --out")
     d = _dist_setup()
-    net = _nhwc(Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights).to(d.device))  # may refuse the space
+    net = _nhwc(Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights, depth=cfg.depth).to(d.device))  # may refuse the space
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -623,7 +629,7 @@ def inherited_accuracy(search_dir: str | Path, choices: Sequence[Sequence[int]],
         space = load_space(cfg.space)
         data = load_data(cfg.data, space.input_size, space.in_channels, cfg.seed, cfg.augment, cfg.limit)
         d = _Dist()
-        net = _nhwc(Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights))
+        net = _nhwc(Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights, depth=cfg.depth))
         net.load_state_dict(ck["net"])
         out = []
         for i, c in enumerate(choices):

@@ -43,6 +43,10 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
                          "skipped with this probability, else its path is drawn from the probabilities (share, "
                          "0 to below 1; 0: off). Sub-networks that skip a layer then inherit fairer accuracies "
                          "(README: the skip penalty)"),
+    "depth": (str, "which weights a layer of the supernet runs on where a sub-network skips: any (its own) or "
+                   "tail (Once-for-All's elastic depth: the k-th layer a stage runs uses the stage's k-th layer's "
+                   "weights, since skipping a middle layer gives the same network as skipping the last; a sub-network "
+                   "that skips then inherits weights trained in its own configuration)"),
     "search_epochs": (int, "search epochs, warm-up included (count)"),
     "warmup_epochs": (int, "weight-only epochs before the architecture is updated (count)"),
     "loss": (str, "latency loss: abs (CE + weight * |LAT / T - 1|: steers to T), ratio (CE * (LAT / T)^beta), ceiling (CE * max(1, LAT / T)^beta: T binds), hinge (CE + weight * max(0, LAT / T - 1)), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),

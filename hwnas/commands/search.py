@@ -50,6 +50,10 @@ def register(sub) -> None:
                         "kmax x kmax kernel and a smaller expansion uses the first channels of the largest "
                         "(Single-Path NAS superkernel, Once-for-All elastic kernel and expand), so every weight "
                         "step trains every candidate. Latency still comes from each candidate's own block")
+    p.add_argument("--depth", choices=["any", "tail"], default="any",
+                   help="where a sub-network skips a layer: any (each layer on its own weights) or tail (the k-th "
+                        "layer a stage runs uses the stage's k-th layer's weights: Once-for-All's elastic depth; "
+                        "skipping a middle layer gives the same network as skipping the last)")
     p.add_argument("--loss", choices=["add", "mul", "ratio", "ceiling", "hinge", "abs"], default="add",
                    help="add: CE + lambda * E[LAT]; mul: CE * (log E[LAT] / log T)^beta (T > 1 ms); "
                         "ratio: CE * (E[LAT] / T)^beta (any T); ceiling: CE * max(1, E[LAT] / T)^beta, no "
@@ -214,7 +218,7 @@ def cmd_search(args) -> int:
     cfg = SearchConfig(space=args.space, data=args.data, out=args.out, epochs=args.epochs,
                        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
                        arch_lr=args.arch_lr, arch_every=args.arch_every, mode=args.mode,
-                       weights=args.weights, loss=args.loss,
+                       weights=args.weights, depth=args.depth, loss=args.loss,
                        lam=args.lam, beta=args.beta, weight=args.weight, lat_temperature=args.lat_temperature,
                        target_ms=args.target_ms, seed=args.seed, augment=args.augment,
                        limit=args.limit, threads=args.threads)
