@@ -112,7 +112,7 @@ class _BinaryGateFn(torch.autograd.Function):
         gate_grad = torch.zeros(2, dtype=grad_y.dtype)
         with torch.no_grad():
             for k, j in enumerate(pair):
-                out = y.detach() if j == active else op.run(j, x_leaf.detach(), ctx.route)
+                out = y.detach() if j == active else (ctx.route or op).candidates[j](x_leaf.detach())
                 gate_grad[k] = (grad_y * out).sum()
             p = torch.softmax(alpha.detach()[list(pair)], 0)
             # dL/dalpha_i = sum_j dL/dg_j * p_j * (delta_ij - p_i), over the two sampled paths
@@ -157,10 +157,9 @@ class MixedOp(nn.Module):
         """The path that runs in the forward pass now (the fixed one, else the active one)."""
         return self._active if self._fixed is None else self._fixed
 
-    def run(self, index: int, x: torch.Tensor, route: "MixedOp | None | bool" = True) -> torch.Tensor:
-        """Candidate ``index`` on ``x``, on the weights of ``route`` (True: the route set now; None: its own)."""
-        src = self._route if route is True else route
-        return (src if src is not None else self).candidates[index](x)
+    def run(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Candidate ``index`` on ``x``, on the weights of the layer it is routed to (its own by default)."""
+        return (self._route or self).candidates[index](x)
 
     @property
     def probs(self) -> torch.Tensor:

@@ -418,7 +418,8 @@ def _setup(cfg: SearchConfig, predictor: LatencyPredictor, resume: bool, progres
     if (out / CHECKPOINT).exists() and not resume:
         raise SearchError(f"{out} holds a search checkpoint; pass --resume to continue it or choose another --out")
     d = _dist_setup()
-    net = _nhwc(Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights, depth=cfg.depth).to(d.device))  # may refuse the space
+    # may refuse the space
+    net = _nhwc(Supernet(space, cfg.mode, cfg.seed, weights=cfg.weights, depth=cfg.depth).to(d.device))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
 
