@@ -39,6 +39,8 @@ skip-more has become one, `hwnas run --skip-drop`, and runs through it):
   same network skipping the stage's last one. The default supernet charges skipping a stage's second
   layer (random-1, random-6, random-9) and not its last (random-2, -5, -7): the layer after a skipped
   one sees an input it is rarely trained on.
+- ``depth-tail-distill``: both of the last two (``--depth tail --weight-paths distill``): tail depth
+  removes the skip penalty, distillation sets the inherited levels.
 
 ``--skip-drop P`` adds the product's stochastic depth to any variant (skip-more is ``--skip-drop 0.25``).
 Where the benchmark's probe folder (profile, calibration and predictor, no search) is missing, it is
@@ -128,11 +130,12 @@ def _patch(variant: str) -> None:
         SharedMBConv.__init__, SharedMBConv._dw_weight = _init_with_maps, _mapped_dw_weight
     elif variant == "nn-init":
         SharedMBConv._start_as_smallest = lambda self: None
-    elif variant not in ("longer", "default", "skip-more", "distill", "depth-tail"):
+    elif variant not in ("longer", "default", "skip-more", "distill", "depth-tail", "depth-tail-distill"):
         raise SystemExit(f"--variant {variant}: use {', '.join(VARIANTS)}")
 
 
-VARIANTS = ("default", "uniform-ops", "kernel-maps", "nn-init", "skip-more", "longer", "distill", "depth-tail")
+VARIANTS = ("default", "uniform-ops", "kernel-maps", "nn-init", "skip-more", "longer", "distill", "depth-tail",
+            "depth-tail-distill")
 
 
 def main() -> None:
@@ -176,9 +179,9 @@ def main() -> None:
     _patch(args.variant)
     cli.skip_drop, cli.search_seed = skip, args.seed
     cfg = sq._cfg(cli, W, exp.name, target, search=True)
-    if args.variant == "distill":
+    if args.variant in ("distill", "depth-tail-distill"):
         cfg = dataclasses.replace(cfg, weight_paths="distill")
-    if args.variant == "depth-tail":
+    if args.variant in ("depth-tail", "depth-tail-distill"):
         cfg = dataclasses.replace(cfg, depth="tail")
     t0 = time.perf_counter()
     run(cfg, sq._Progress(args.variant), until="search")

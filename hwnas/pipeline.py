@@ -62,6 +62,7 @@ class RunConfig:
     threads: int = 1  # runtime threads while timing (count)
     quick: bool = False  # the looser timing protocol (smoke runs only)
     processes: int = 2  # fresh timing processes per block and network on this host; the fastest is kept (count)
+    tune_trials: int = 0  # TVM: MetaSchedule trials per block for every block and network timed (count; 0: untuned)
     calibrate: int = 10  # networks spanning the space's latency range, timed end to end for the network model (count)
     predictor: str = "hybrid"  # hybrid | lut | regression (see `hwnas fit --model`)
     weights: str = "shared"  # supernet candidates: shared (superkernel + elastic expand) or separate (ProxylessNAS)
@@ -69,8 +70,9 @@ class RunConfig:
     # distill: the sandwich, the sampled path and the smallest on the largest's predictions
     weight_paths: str = "one"
     skip_drop: float = 0.0  # weight steps: each skippable layer skipped with this probability, else p (0..1)
-    # any: each layer on its own weights; tail: a stage's k-th running layer on the k-th layer's (OFA's elastic depth)
-    depth: str = "any"
+    # tail: a stage's k-th running layer on the k-th layer's weights (OFA's elastic depth; measured better:
+    # skip penalty 0.25 / 0.63 points against 1.66, benchmarks/README.md); any: each layer on its own
+    depth: str = "tail"
     search_epochs: int = 6  # epochs of the search, warm-up included
     warmup_epochs: int = 1  # weight-only epochs before architecture steps
     loss: str = "abs"  # abs: CE + weight * |LAT / T - 1| (TuNAS), the target steers a short search; see search.latency
@@ -112,6 +114,11 @@ class RunConfig:
                 raise RunError(f"{self.device} with {self.backend}: --{name.replace('_', '-')} PATH must name {what} "
                                f"built for the phone with the Android NDK (docs/phones.md)"
                                + (f"; {path} is not a file" if path else ""))
+        if self.tune_trials < 0:
+            raise RunError(f"--tune-trials {self.tune_trials}: give 0 (untuned) or more trials per block")
+        if self.tune_trials and (self.backend != "tvm" or dev.kind in ("adb", "rpc")):
+            raise RunError(f"--tune-trials tunes TVM's kernels on this host (MetaSchedule); with --backend "
+                           f"{self.backend} on {self.device} leave it out")
         if self.target_ms is not None and not self.target_ms > 0:
             raise RunError(f"--target-ms {self.target_ms:g}: give a positive latency in ms")
         if self.target_speedup is not None:
@@ -248,12 +255,14 @@ def timing_protocol(cfg: RunConfig):
 
 
 def _rows(cfg: RunConfig, keys: list[str], kind: str, status: str):
+    from profiler.measurement import tuning_of
     from profiler.store import RowFilter, Store
 
     with Store(cfg.db) as st:
-        # `hwnas run` profiles with the compiler's default schedules (tuning=""): tuned TVM rows that
-        # `hwnas profile --tune-trials` put in the same store are other measurements
-        return st.latest(RowFilter(device=cfg.device, backend=cfg.backend, threads=cfg.threads, tuning="", kind=kind),
+        # rows of the run's own tuning only (untuned: ""): rows that `hwnas profile --tune-trials` put in the
+        # same store with another budget are other measurements
+        return st.latest(RowFilter(device=cfg.device, backend=cfg.backend, threads=cfg.threads,
+                                   tuning=tuning_of(cfg.tune_trials), kind=kind),
                          keys=keys, status=status, newest_per_key=True)
 
 
@@ -278,7 +287,8 @@ def _profile(cfg: RunConfig, models: list, progress: Progress, retime: bool = Fa
 
         adb = AdbOptions(runner=cfg.runner, tvm_rpc=cfg.tvm_rpc, remote_base=cfg.remote_dir)
     return profile(models, cfg.backend, cfg.db, device=cfg.device, threads=cfg.threads, protocol=timing_protocol(cfg),
-                   cache_dir=cfg.cache_dir, progress=progress, adb=adb, remeasure=retime, processes=cfg.processes)
+                   cache_dir=cfg.cache_dir, progress=progress, adb=adb, remeasure=retime, processes=cfg.processes,
+                   tune_trials=cfg.tune_trials)
 
 
 def _train_threads(cfg: RunConfig) -> int:
@@ -359,7 +369,10 @@ def _block_entries(cfg: RunConfig):
     from predictor.io import store_entries
     from profiler.spaces import load_space
 
-    entries, meta = store_entries(cfg.db, device=cfg.device, backend=cfg.backend, threads=cfg.threads, tuning="")
+    from profiler.measurement import tuning_of
+
+    entries, meta = store_entries(cfg.db, device=cfg.device, backend=cfg.backend, threads=cfg.threads,
+                                  tuning=tuning_of(cfg.tune_trials))
     keys = {b.key for b in load_space(cfg.space).blocks()}
     return {k: v for k, v in entries.items() if k in keys}, meta
 

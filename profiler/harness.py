@@ -412,6 +412,9 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
     if session.tune_trials:
         compile_options["tune_trials"] = int(session.tune_trials)
         compile_options["tune_threads"] = int(config.threads)  # candidates timed as the block will be
+        # one tuning database per target beside the compile cache: a kernel tuned for one block is not
+        # tuned again for the next, and a network is built from the records its blocks left
+        compile_options["tune_db"] = str(o.cache_path / "metaschedule")
     cache = o.cache_path
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
     owner = owner_id()

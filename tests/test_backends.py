@@ -170,7 +170,8 @@ def test_tvm_tuning_builds_its_candidates_without_importing_every_tensor_intrins
     with torch.no_grad():
         mod = from_exported_program(torch.export.export(m, (x,)), unwrap_unit_return_tuple=True)
     tgt = tvm.target.Target(host_cpu_target())
-    tuned = _tune(mod, tgt, trials=2, threads=1, cost_model="random")
+    tuned, info = _tune(mod, tgt, trials=2, threads=1, cost_model="random")
+    assert info["tasks"] == 1 and info["tasks_tuned_now"] == 1 and info["database"] is None
     out = _run_here(tvm.compile(tuned, tgt), x.numpy())  # what compile() checks a tuned block with
     np.testing.assert_allclose(out, _eager(spec), rtol=1e-3, atol=1e-4)
     assert check_against_eager(out, _eager(spec), "the tuned block") <= EAGER_REL_TOL

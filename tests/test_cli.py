@@ -67,7 +67,11 @@ def test_unknown_backend_is_refused_by_argparse(capsys):
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("xgboost") is not None,
                     reason="the tune extra is installed here")
-def test_tuning_without_the_tune_extra_says_how_to_get_it(capsys, tmp_path):
+def test_tuning_without_the_tune_extra_says_how_to_get_it(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec  # the extra may be installed here: make xgboost absent for the check
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xgboost" else find_spec(name, *a))
     argv = ["profile", "--block", BLOCK, "--backend", "tvm", "--tune-trials", "8", "--db", str(tmp_path / "x.db")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

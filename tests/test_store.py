@@ -197,3 +197,24 @@ def test_readers_take_one_tuning_and_refuse_a_mix_with_one_line(tmp_path):
     assert StoredMedians.from_store(db, "tvm", tuning="").table == {"k1": pytest.approx(6.0), "k2": pytest.approx(3.0)}
     with pytest.raises(PredictorError, match="tuned 'metaschedule-64'"):
         store_rows(db, backend="tvm", tuning="metaschedule-64")
+
+
+def test_a_run_reads_the_rows_of_its_own_tuning(tmp_path):
+    """`hwnas run --tune-trials N` reads (and fits on) the rows tuned with N, an untuned run the untuned
+    ones, from one store that holds both."""
+    import dataclasses
+
+    from hwnas.pipeline import RunConfig, measured_rows
+
+    untuned = Config("local", "host/cpu", "tvm", '{"kind": "llvm"}', 1, "1")
+    tuned = dataclasses.replace(untuned, tuning="metaschedule-96")
+    db = tmp_path / "s.db"
+    with Store(db) as st:
+        st.put(_ok("k1", untuned, 6.0))
+        st.put(_ok("k1", tuned, 0.25))
+    cfg = RunConfig(out=str(tmp_path / "run"), backend="tvm", db=str(db))
+    assert measured_rows(cfg, ["k1"], "block")["k1"]["median_ms"] == pytest.approx(6.0)
+    cfg.tune_trials = 96
+    assert measured_rows(cfg, ["k1"], "block")["k1"]["median_ms"] == pytest.approx(0.25)
+    cfg.tune_trials = 64
+    assert measured_rows(cfg, ["k1"], "block") == {}

@@ -77,7 +77,10 @@ def register(sub) -> None:
     p.add_argument("--tune-trials", type=int, default=0,
                    help="TVM only: MetaSchedule tuning trials per block, shared by its kernels (count; 0 = untuned "
                         "default schedules; 192, about 64 per kernel, took about 3 min per block on 2 vCPUs). "
-                        "Tuning compiles one block at a time, for the --threads it is timed with")
+                        "Tuning compiles one block at a time, for the --threads it is timed with. The records go "
+                        "to one tuning database per target in --cache-dir's metaschedule/ folder: a kernel that "
+                        "several blocks share is tuned once, and `hwnas verify --tune-trials N` builds whole "
+                        "networks from them")
     p.add_argument("--retry-failed", action="store_true", help="measure again the blocks stored as failures")
     p.add_argument("--retime-flagged", type=int, default=2, metavar="N",
                    help="time a block whose row is flagged busy, interference or unconverged (stored, or just "

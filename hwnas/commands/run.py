@@ -27,6 +27,10 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "threads": (int, "runtime threads while timing (count)"),
     "processes": (int, "fresh timing processes each block and network is timed in on this host; the fastest "
                        "trusted one is kept (count; 1: half the timing time; see `hwnas profile --help`)"),
+    "tune_trials": (int, "TVM on this host: profile, calibrate and measure tuned by MetaSchedule with this many trials "
+                         "per block (count; 0: the compiler's default schedules). Kernels shared by blocks are tuned "
+                         "once (one tuning database per target in the cache folder); about 3 min per block on 2 "
+                         "vCPUs at 192"),
     "calibrate": (int, "random networks timed end to end to fit the per-network overhead (count; 0: none)"),
     "predictor": (str, "latency model: hybrid (table where measured, regression elsewhere), lut, regression"),
     "weights": (str, "supernet candidates: shared (one 7x7 superkernel per layer whose centres are the 3x3 and 5x5 "
@@ -46,7 +50,8 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "depth": (str, "which weights a layer of the supernet runs on where a sub-network skips: any (its own) or "
                    "tail (Once-for-All's elastic depth: the k-th layer a stage runs uses the stage's k-th layer's "
                    "weights, since skipping a middle layer gives the same network as skipping the last; a sub-network "
-                   "that skips then inherits weights trained in its own configuration)"),
+                   "that skips then inherits weights trained in its own configuration; the default: it cut what "
+                   "inheritance charges a skipped layer from 1.66 to 0.25-0.63 points)"),
     "search_epochs": (int, "search epochs, warm-up included (count)"),
     "warmup_epochs": (int, "weight-only epochs before the architecture is updated (count)"),
     "loss": (str, "latency loss: abs (CE + weight * |LAT / T - 1|: steers to T), ratio (CE * (LAT / T)^beta), ceiling (CE * max(1, LAT / T)^beta: T binds), hinge (CE + weight * max(0, LAT / T - 1)), mul (CE * (log LAT / log T)^beta, T > 1 ms) or add (CE + lambda * LAT)"),

@@ -94,6 +94,11 @@ def register(sub) -> None:
     p.add_argument("--predict-from-db", action="store_true",
                    help="predict with the medians of the blocks stored in --db for this backend and device")
     p.add_argument("--threads", type=int, default=1, help="runtime threads during timing (count)")
+    p.add_argument("--tune-trials", type=int, default=0,
+                   help="TVM on this host: measure the network tuned by MetaSchedule with this budget per block "
+                        "(count; 0: untuned). Kernels its blocks were tuned with by `hwnas profile --tune-trials "
+                        "N` (same --cache-dir) come from that tuning database; the rest (stem, head) get N/3 "
+                        "trials each. With --predict-from-db, the stored rows of this tuning predict")
     p.add_argument("--quick", action="store_true", help="a fast, looser timing protocol")
     p.add_argument("--cache-dir", help="compile cache folder")
     p.add_argument("--json", action="store_true", help="print one JSON object (predicted_ms, measured_ms, ...)")
@@ -267,13 +272,14 @@ def cmd_verify(args) -> int:
     import numpy as np
 
     from profiler.harness import profile
-    from profiler.measurement import TimingProtocol
+    from profiler.measurement import TimingProtocol, tuning_of
     from profiler.store import Store
     from search.export import read_arch
     from search.latency import StoredMedians
 
     if args.threads < 1:
         raise UserError(f"--threads {args.threads}: give a count of at least 1")
+    _tuning(args)  # a negative --tune-trials is refused before anything is compiled
     arch = read_arch(args.arch)
     if args.predictor or args.predict_from_db:
         if args.predict_from_db and not args.db:
@@ -281,7 +287,8 @@ def cmd_verify(args) -> int:
         if args.predictor:
             pred, source = _user(_predictor, argparse.Namespace(predictor=args.predictor, db=None))
         else:
-            pred = _user(StoredMedians.from_store, args.db, args.backend, args.device)
+            pred = _user(StoredMedians.from_store, args.db, args.backend, args.device, threads=args.threads,
+                         tuning=_tuning(args))
             source = f"stored medians {pred.source}"
         try:
             # a predictor that models the whole network (block sum + per-network overhead) says so
@@ -297,7 +304,7 @@ def cmd_verify(args) -> int:
         db = args.db or str(Path(tmp) / "verify.db")
         protocol = TimingProtocol.quick() if args.quick else TimingProtocol()
         res = profile([arch], args.backend, db, device=args.device, threads=args.threads, protocol=protocol,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, tune_trials=args.tune_trials)
         if res.failed:
             f = res.failed[0]
             raise UserError(f"{arch.name}: {f.stage} failed on {args.device} with {args.backend}: {f.error}")
@@ -306,7 +313,8 @@ def cmd_verify(args) -> int:
             measured, spread = m.median_ms, m.stats
         else:  # measured before under the same configuration: read it back
             with Store(db) as st:
-                df = st.dataframe(status="ok", backend=args.backend, device=args.device, block_key=arch.key)
+                df = st.dataframe(status="ok", backend=args.backend, device=args.device, block_key=arch.key,
+                                  threads=args.threads, tuning=tuning_of(args.tune_trials))
             if df.empty:
                 raise UserError(f"{db}: no measurement of {arch.key}")
             row = df.iloc[-1]

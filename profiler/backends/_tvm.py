@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +42,10 @@ class TVMBackend(Backend):
             return json.dumps(cfg, sort_keys=True)
         return json.dumps(host_cpu_target(), sort_keys=True)
 
+    def cache_id(self, key: str, target: str, options: dict[str, Any]) -> str:
+        # where the tuning database lives is not what the artifact is: the cache moves with its folder
+        return super().cache_id(key, target, {k: v for k, v in options.items() if k != "tune_db"})
+
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version
 
@@ -59,15 +65,18 @@ class TVMBackend(Backend):
                 ep = torch.export.export(module, (x,))
             mod = from_exported_program(ep, unwrap_unit_return_tuple=True)
             trials = int(options.get("tune_trials") or 0)
+            tuning: dict[str, Any] = {}
             if trials > 0:
-                mod = _tune(mod, tgt, trials, options.get("tune_threads"))
+                mod, tuning = _tune(mod, tgt, trials, options.get("tune_threads"),
+                                    options.get("tune_cost_model", "xgb"), database=options.get("tune_db"),
+                                    network=hasattr(model, "blocks"))
             elif tgt.kind.name in ("cuda", "opencl", "vulkan", "metal", "rocm"):
                 mod = _gpu_default_schedule(mod, tgt)
             ex = tvm.compile(mod, tgt)
         except Exception as e:  # TVM raises TVMError/RuntimeError/... from deep inside; keep the reason
             raise CompileError(f"tvm build failed: {type(e).__name__}: {_first_line(e)}") from e
         fcompile = _fcompile_for(tgt_dict)
-        extra: dict[str, Any] = {"tune_trials": trials, "tune_threads": options.get("tune_threads")}
+        extra: dict[str, Any] = {"tune_trials": trials, "tune_threads": options.get("tune_threads"), **tuning}
         if trials > 0 and fcompile is None and tgt.kind.name == "llvm":
             # a tuned schedule is MetaSchedule's choice among thousands: check it computes the block
             # before its time is stored (untuned code is TVM's default lowering, checked by the tests)
@@ -193,15 +202,81 @@ def _import_tensor_intrinsics() -> None:
         inspect.stack = original
 
 
-def _tune(mod, tgt, trials: int, threads: int | None = None, cost_model: str = "xgb"):
-    """MetaSchedule tuning of one block with a trial budget (slow on a small CPU: give it a budget).
+#: trials a task of a whole network gets when no block of it tuned that task (the stem, the head, a
+#: fusion that only the network has): the share of a three-task block (expand, depthwise, project)
+NETWORK_TASK_SHARE = 3
 
-    ``trials`` is the block's total, shared evenly by its tasks (one per fused kernel, 2-4 per
-    MBConv block) and measured in batches of up to 64, so the evolutionary search runs once per
-    batch rather than once per handful of candidates. Candidates are built for, and timed with,
-    ``threads`` threads: the count the harness times the block with (default: this process's cores).
-    The passes around the tuning are those of TVM's ``static_shape_tuning`` pipeline; the builder is
-    `_ms_build`'s. ``cost_model`` "random" (no xgboost) is for tests only."""
+
+class TuningDatabase:
+    """One MetaSchedule tuning database per target (features and core count included), shared by every
+    block and network compiled for it: `hwnas profile --tune-trials N` tunes each kernel (task) once,
+    and a whole network measured later is built from the records its blocks left.
+
+    A folder ``<root>/<sha of the target>/`` holds MetaSchedule's own JSON database (workloads and
+    tuning records), ``target.json`` and ``budgets.json``: the trials each task has been given, by the
+    task's structural hash, so a task tuned with a smaller budget than asked is tuned further (warm
+    started from its records) and one tuned with enough is not tuned again. Tuning holds a file lock
+    on the folder: two processes sharing a cache never tune into the same files at once."""
+
+    def __init__(self, root: str | Path, target_cfg: dict[str, Any]):
+        text = json.dumps(target_cfg, sort_keys=True)
+        self.dir = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "target.json").write_text(text + "\n")
+        self._budgets_path = self.dir / "budgets.json"
+
+    @contextlib.contextmanager
+    def locked(self):
+        import fcntl
+
+        with open(self.dir / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def budgets(self) -> dict[str, int]:
+        try:
+            data = json.loads(self._budgets_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def add_budgets(self, spent: dict[str, int]) -> None:
+        b = self.budgets()
+        for k, v in spent.items():
+            b[k] = b.get(k, 0) + int(v)
+        tmp = self._budgets_path.with_name(f"budgets.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(b, indent=1, sort_keys=True))
+        os.replace(tmp, self._budgets_path)
+
+
+def _structural_hash(mod) -> int:
+    """The structural hash MetaSchedule's database tells workloads apart by (TVM 0.27: tvm_ffi's)."""
+    import tvm
+
+    fn = getattr(tvm.ir, "structural_hash", None)
+    if fn is None:
+        from tvm_ffi import structural_hash as fn
+    return int(fn(mod))
+
+
+def _tune(mod, tgt, trials: int, threads: int | None = None, cost_model: str = "xgb",
+          database: str | Path | None = None, network: bool = False) -> tuple[Any, dict[str, Any]]:
+    """MetaSchedule tuning of one block (or network) with a trial budget; returns the module with the
+    tuned schedules applied, and what the tuning did (tasks, tuned now, taken from the database).
+
+    ``trials`` is a block's total, shared evenly by its tasks (one per fused kernel, 2-4 per MBConv
+    block) and measured in batches of up to 64, so the evolutionary search runs once per batch rather
+    than once per handful of candidates. A whole network (``network``) gives each of its tasks the
+    share of a three-task block (`NETWORK_TASK_SHARE`): most of them its blocks tuned already.
+    Candidates are built for, and timed with, ``threads`` threads: the count the harness times the
+    block with (default: this process's cores). With ``database`` (a folder), the records go to the
+    `TuningDatabase` of this target there, and a task that already holds its budget is not tuned
+    again; without, to a temporary folder. The passes around the tuning are those of TVM's
+    ``static_shape_tuning`` pipeline; the builder is `_ms_build`'s. ``cost_model`` "random" (no
+    xgboost) is for tests only."""
     from tvm import relax
     from tvm.relax import transform
     from tvm.s_tir import meta_schedule as ms
@@ -212,23 +287,46 @@ def _tune(mod, tgt, trials: int, threads: int | None = None, cost_model: str = "
     cfg = json.loads(str(tgt))
     cfg["num-cores"] = int(threads or len(os.sched_getaffinity(0)))  # MetaSchedule parallelises for these
     tgt = tvm.target.Target(cfg)
-    # the runner's workers (started by tune_relax, this process's children) time with as many threads
+    # the runner's workers (started by tune_tasks, this process's children) time with as many threads
     os.environ["TVM_NUM_THREADS"] = str(cfg["num-cores"])
-    with tempfile.TemporaryDirectory(prefix="hwnas-ms-") as work_dir, tgt:
+    with contextlib.ExitStack() as stack:
+        shared = None
+        if database is None:
+            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hwnas-ms-"))
+        else:
+            shared = stack.enter_context(TuningDatabase(database, cfg).locked())
+            work_dir = str(shared.dir)
+        stack.enter_context(tgt)
         mod = tvm.transform.Sequential([transform.DecomposeOpsForInference(), transform.CanonicalizeBindings(),
                                         relax.get_pipeline("zero")])(mod)
-        tasks = max(1, len(ms.relax_integration.extract_tasks(mod, tgt)))
-        per_task = max(1, trials // tasks)
+        extracted = list(ms.relax_integration.extract_tasks(mod, tgt))
+        per_task = max(1, trials // (NETWORK_TASK_SHARE if network else max(1, len(extracted))))
+        keys = [str(_structural_hash(t.dispatched[0])) for t in extracted]
+        have = shared.budgets() if shared else {}
+        todo: dict[int, list[int]] = {}  # trials still owed -> the tasks that are owed them
+        for i, k in enumerate(keys):
+            if have.get(k, 0) < per_task:
+                todo.setdefault(per_task - have.get(k, 0), []).append(i)
         builder = ms.builder.LocalBuilder(f_build=_MS_BUILD, initializer=_builder_worker_init)
-        ms.relax_integration.tune_relax(mod, {}, tgt, work_dir, max_trials_global=per_task * tasks,
-                                        max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
-                                        builder=builder, cost_model=cost_model)
-        records = Path(work_dir) / "database_tuning_record.json"
-        if not records.exists() or not records.read_text().strip():
+        for owed, idx in sorted(todo.items()):
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [extracted[i] for i in idx], work_dir)
+            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
+                               max_trials_global=owed * len(idx), max_trials_per_task=owed,
+                               num_trials_per_iter=min(64, owed), builder=builder, cost_model=cost_model)
+            if shared:
+                shared.add_budgets({keys[i]: owed for i in idx})
+        db = ms.database.JSONDatabase(work_dir=work_dir)
+        untuned = [t.task_name for t in extracted
+                   if not (db.has_workload(t.dispatched[0]) and db.get_top_k(db.commit_workload(t.dispatched[0]), 1))]
+        if extracted and len(untuned) == len(extracted):
             # MetaSchedule falls back to default schedules silently; a 'tuned' row must be tuned
             raise CompileError(f"MetaSchedule found no valid schedule in {trials} trials (every candidate "
                                "failed to build or run); raise --tune-trials or profile untuned")
-        return transform.MetaScheduleApplyDatabase(work_dir)(mod)
+        info = {"tasks": len(extracted), "tasks_tuned_now": sum(len(v) for v in todo.values()),
+                "trials_per_task": per_task, "tasks_untuned": untuned,
+                "database": shared.dir.name if shared else None}
+        return transform.MetaScheduleApplyDatabase(work_dir)(mod), info
 
 
 #: largest difference from eager PyTorch, relative to the output's largest magnitude, that a
