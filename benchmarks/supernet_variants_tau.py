@@ -181,8 +181,9 @@ def main() -> None:
     cfg = sq._cfg(cli, W, exp.name, target, search=True)
     if args.variant in ("distill", "depth-tail-distill"):
         cfg = dataclasses.replace(cfg, weight_paths="distill")
-    if args.variant in ("depth-tail", "depth-tail-distill"):
-        cfg = dataclasses.replace(cfg, depth="tail")
+    # every other variant keeps the depth its results were measured with (any), though `hwnas run`'s
+    # default is tail since 2026-12-07: the variants are changes to the same supernet, compared as such
+    cfg = dataclasses.replace(cfg, depth="tail" if args.variant in ("depth-tail", "depth-tail-distill") else "any")
     t0 = time.perf_counter()
     run(cfg, sq._Progress(args.variant), until="search")
     search_s = time.perf_counter() - t0
