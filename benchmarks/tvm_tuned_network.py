@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from profiler.blocks import ArchSpec  # noqa: E402
+from profiler.compile import tuning_db_dir  # noqa: E402
 from profiler.devices import local_info  # noqa: E402
 from profiler.harness import profile  # noqa: E402
 from profiler.spaces import load_space  # noqa: E402
@@ -45,7 +46,7 @@ def _hwnas(args: list[str], env: dict) -> tuple[float, str]:
 
 
 def _budget_entries(cache: Path) -> int:
-    return sum(len(json.loads(f.read_text())) for f in (cache / "metaschedule").glob("*/budgets.json"))
+    return sum(len(json.loads(f.read_text())) for f in tuning_db_dir(cache).glob("*/budgets.json"))
 
 
 def _block_medians(db: Path, keys: list[str]) -> dict[str, float | None]:

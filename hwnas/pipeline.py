@@ -545,7 +545,13 @@ def stage_export(run: Run, cfg: RunConfig, progress: Progress) -> tuple[ExportSt
     from search.export import export_network
 
     backends = [cfg.backend] if cfg.backend in ("executorch", "tvm") else []
-    r = export_network(_arch(run), run.dir / "train" / "weights.pt", run.dir / "export", backends)
+    options = {}
+    if cfg.tune_trials:  # the exported library is the tuned one that was timed, from the same database
+        from profiler.compile import tuning_db_dir
+
+        options["tvm"] = {"tune_trials": cfg.tune_trials, "tune_threads": cfg.threads,
+                          "tune_db": str(tuning_db_dir(cfg.cache_dir))}
+    r = export_network(_arch(run), run.dir / "train" / "weights.pt", run.dir / "export", backends, options)
     bad = {b: v["error"] for b, v in r.items() if "error" in v}
     if bad:
         raise RunError(f"export with {', '.join(bad)} failed: {'; '.join(bad.values())}")

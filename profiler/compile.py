@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from profiler.backends import Artifact, CompileError, get_backend
 
-__all__ = ["default_cache_dir", "compile_model", "compile_many", "cached_artifact"]
+__all__ = ["default_cache_dir", "tuning_db_dir", "compile_model", "compile_many", "cached_artifact"]
 
 
 def default_cache_dir() -> Path:
@@ -25,6 +25,12 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hwnas" / "artifacts"
+
+
+def tuning_db_dir(cache: str | Path | None = None) -> Path:
+    """Where TVM's MetaSchedule tuning databases live (one folder per target): beside the artifacts
+    of the compile cache ``cache`` (default: `default_cache_dir`)."""
+    return Path(cache or default_cache_dir()) / "metaschedule"
 
 
 def log_path(cache: Path, role: str) -> str:

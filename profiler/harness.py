@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Sequence
 
 from profiler.backends import Artifact, BackendUnavailable, get_backend
 from profiler.blocks import ArchSpec, BlockSpec, flops
-from profiler.compile import compile_many, default_cache_dir, log_path
+from profiler.compile import compile_many, default_cache_dir, log_path, tuning_db_dir
 from profiler.devices import (DeviceError, DeviceSpec, check_threads, cores_busy_share, cpu_model, default_cores,
                               format_cores, local_id, parse_cores, parse_device)
 from profiler.interference import QuietTimes
@@ -414,7 +414,7 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
         compile_options["tune_threads"] = int(config.threads)  # candidates timed as the block will be
         # one tuning database per target beside the compile cache: a kernel tuned for one block is not
         # tuned again for the next, and a network is built from the records its blocks left
-        compile_options["tune_db"] = str(o.cache_path / "metaschedule")
+        compile_options["tune_db"] = str(tuning_db_dir(o.cache_path))
     cache = o.cache_path
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
     owner = owner_id()

@@ -51,8 +51,12 @@ class _Trained:
 
 
 def export_network(arch: ArchSpec, weights: str | Path | None, out: str | Path,
-                   backends: Sequence[str] = ("executorch", "tvm")) -> dict[str, dict[str, Any]]:
+                   backends: Sequence[str] = ("executorch", "tvm"),
+                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Compile the network for the local target with each backend into ``out/model.<suffix>``.
+
+    ``options``: compile options per backend (TVM: ``tune_trials``, ``tune_threads`` and ``tune_db``
+    build it from the tuning database its blocks were tuned into).
 
     Returns per backend ``{"path": ..., "seconds": ...}`` or ``{"error": "one line"}``: a backend
     that cannot compile this network is reported, not raised (the search result stays usable).
@@ -72,7 +76,7 @@ def export_network(arch: ArchSpec, weights: str | Path | None, out: str | Path,
             target = be.target_for("local")
             dest = out / f"model{SUFFIX.get(name, be.suffix)}"
             tmp = dest.with_name(f".{dest.name}.tmp{dest.suffix}")
-            be.compile(_Trained(arch, net), target, tmp, {})
+            be.compile(_Trained(arch, net), target, tmp, dict((options or {}).get(name, {})))
             shutil.move(str(tmp), dest)
             results[name] = {"path": str(dest), "target": target, "seconds": round(time.perf_counter() - t0, 2)}
         except Exception as e:  # compilers raise many types; report the reason, keep the other backend

@@ -27,7 +27,7 @@ def test_the_database_folder_is_per_target_and_keeps_each_tasks_budget(tmp_path)
     a = TuningDatabase(tmp_path, {"kind": "llvm", "mcpu": "x", "num-cores": 1})
     b = TuningDatabase(tmp_path, {"kind": "llvm", "mcpu": "x", "num-cores": 2})
     assert a.dir != b.dir  # candidates tuned for 1 thread are not 2 threads' records
-    assert json.loads((a.dir / "target.json").read_text())["num-cores"] == 1
+    assert json.loads((a.dir / "target.json").read_text())["target"]["num-cores"] == 1
     with a.locked():
         a.add_budgets({"1": 4, "2": 4})
         a.add_budgets({"1": 2})
@@ -78,6 +78,12 @@ def test_a_kernel_two_blocks_share_is_tuned_once_and_a_network_is_built_from_its
     assert sorted(budgets.values()) == [2, 2, 2, 2]  # 6 trials over 3 kernels, each kernel once
     for art, model in ((a, BlockSpec.from_key(K3)), (b, BlockSpec.from_key(K5)), (n, net)):
         np.testing.assert_allclose(_run(art), _eager(model), rtol=1e-3, atol=1e-4)
+    # what `hwnas run --tune-trials` exports: the network built from the same database, nothing tuned again
+    from search.export import export_network
+
+    got = export_network(net, None, tmp_path / "export", ["tvm"], {"tvm": opts})
+    assert "error" not in got["tvm"], got
+    assert json.loads((tmp_path / "ms" / a["extra"]["database"] / "budgets.json").read_text()) == budgets
 
 
 def test_a_run_refuses_tuning_where_there_is_nothing_to_tune_with_one_line():

@@ -97,8 +97,8 @@ def register(sub) -> None:
     p.add_argument("--tune-trials", type=int, default=0,
                    help="TVM on this host: measure the network tuned by MetaSchedule with this budget per block "
                         "(count; 0: untuned). Kernels its blocks were tuned with by `hwnas profile --tune-trials "
-                        "N` (same --cache-dir) come from that tuning database; the rest (stem, head) get N/3 "
-                        "trials each. With --predict-from-db, the stored rows of this tuning predict")
+                        "N` (same --cache-dir) come from that tuning database; a kernel no block had gets N/3 "
+                        "trials. With --predict-from-db, the stored rows of this tuning predict")
     p.add_argument("--quick", action="store_true", help="a fast, looser timing protocol")
     p.add_argument("--cache-dir", help="compile cache folder")
     p.add_argument("--json", action="store_true", help="print one JSON object (predicted_ms, measured_ms, ...)")

@@ -202,8 +202,8 @@ def _import_tensor_intrinsics() -> None:
         inspect.stack = original
 
 
-#: trials a task of a whole network gets when no block of it tuned that task (the stem, the head, a
-#: fusion that only the network has): the share of a three-task block (expand, depthwise, project)
+#: trials a task of a whole network gets when no block of it tuned that task (a fusion across a block
+#: boundary that only the network has): the share of a three-task block (expand, depthwise, project)
 NETWORK_TASK_SHARE = 3
 
 
@@ -212,14 +212,17 @@ class TuningDatabase:
     block and network compiled for it: `hwnas profile --tune-trials N` tunes each kernel (task) once,
     and a whole network measured later is built from the records its blocks left.
 
-    A folder ``<root>/<sha of the target>/`` holds MetaSchedule's own JSON database (workloads and
+    A folder ``<root>/<sha of the target and TVM's version>/`` holds MetaSchedule's own JSON database (workloads and
     tuning records), ``target.json`` and ``budgets.json``: the trials each task has been given, by the
     task's structural hash, so a task tuned with a smaller budget than asked is tuned further (warm
     started from its records) and one tuned with enough is not tuned again. Tuning holds a file lock
     on the folder: two processes sharing a cache never tune into the same files at once."""
 
     def __init__(self, root: str | Path, target_cfg: dict[str, Any]):
-        text = json.dumps(target_cfg, sort_keys=True)
+        from importlib.metadata import version
+
+        # a record is a schedule trace of this TVM's TIR: another TVM version starts its own database
+        text = json.dumps({"target": target_cfg, "apache-tvm": version("apache-tvm")}, sort_keys=True)
         self.dir = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "target.json").write_text(text + "\n")
