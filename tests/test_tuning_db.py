@@ -104,3 +104,25 @@ def test_verify_refuses_a_negative_budget_before_compiling(tmp_path, capsys):
     assert main(["verify", "--arch", str(tmp_path / "a.json"), "--backend", "tvm", "--tune-trials", "-2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--tune-trials -2" in err[0]
+
+
+def test_tuning_survives_a_log_handler_without_a_name_on_metaschedules_logger(tmp_path):
+    """MetaSchedule's logger set-up fails ('NoneType' object has no attribute 'format') when its logger
+    carries a handler without a name, as one the suite's earlier tests left did (make test, 2026-12-08);
+    `_tune` sets such handlers aside while it tunes and puts them back."""
+    import logging
+
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    from profiler.backends._tvm import _unnamed_log_handlers_set_aside
+
+    log, h = logging.getLogger("tvm.s_tir.meta_schedule"), logging.NullHandler()
+    log.addHandler(h)
+    try:
+        with pytest.raises(AttributeError):
+            get_loggers_from_work_dir(str(tmp_path / "a"), ["t"])  # TVM's own behaviour, which the guard exists for
+        with _unnamed_log_handlers_set_aside():
+            get_loggers_from_work_dir(str(tmp_path / "b"), ["t"])
+        assert h in log.handlers
+    finally:
+        log.removeHandler(h)

@@ -255,6 +255,25 @@ class TuningDatabase:
         os.replace(tmp, self._budgets_path)
 
 
+@contextlib.contextmanager
+def _unnamed_log_handlers_set_aside():
+    """MetaSchedule's logger set-up (``create_loggers``, once per tuning) lists the handlers of its
+    ``tvm.s_tir.meta_schedule`` logger by name and fails on one without a name (``None.format``), such
+    as a handler another library or a test harness attached earlier in the process: those are set
+    aside while tuning and put back after."""
+    import logging
+
+    log = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in log.handlers if h.get_name() is None]
+    for h in unnamed:
+        log.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            log.addHandler(h)
+
+
 def _structural_hash(mod) -> int:
     """The structural hash MetaSchedule's database tells workloads apart by (TVM 0.27: tvm_ffi's)."""
     import tvm
@@ -293,6 +312,7 @@ def _tune(mod, tgt, trials: int, threads: int | None = None, cost_model: str = "
     # the runner's workers (started by tune_tasks, this process's children) time with as many threads
     os.environ["TVM_NUM_THREADS"] = str(cfg["num-cores"])
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_unnamed_log_handlers_set_aside())
         shared = None
         if database is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hwnas-ms-"))
