@@ -367,9 +367,8 @@ def stage_calibrate(run: Run, cfg: RunConfig, progress: Progress) -> tuple[Calib
 
 def _block_entries(cfg: RunConfig):
     from predictor.io import store_entries
-    from profiler.spaces import load_space
-
     from profiler.measurement import tuning_of
+    from profiler.spaces import load_space
 
     entries, meta = store_entries(cfg.db, device=cfg.device, backend=cfg.backend, threads=cfg.threads,
                                   tuning=tuning_of(cfg.tune_trials))
@@ -547,10 +546,9 @@ def stage_export(run: Run, cfg: RunConfig, progress: Progress) -> tuple[ExportSt
     backends = [cfg.backend] if cfg.backend in ("executorch", "tvm") else []
     options = {}
     if cfg.tune_trials:  # the exported library is the tuned one that was timed, from the same database
-        from profiler.compile import tuning_db_dir
+        from profiler.compile import tuned_options
 
-        options["tvm"] = {"tune_trials": cfg.tune_trials, "tune_threads": cfg.threads,
-                          "tune_db": str(tuning_db_dir(cfg.cache_dir))}
+        options["tvm"] = tuned_options(cfg.tune_trials, cfg.threads, cfg.cache_dir)
     r = export_network(_arch(run), run.dir / "train" / "weights.pt", run.dir / "export", backends, options)
     bad = {b: v["error"] for b, v in r.items() if "error" in v}
     if bad:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from profiler.backends import Artifact, CompileError, get_backend
 
-__all__ = ["default_cache_dir", "tuning_db_dir", "compile_model", "compile_many", "cached_artifact"]
+__all__ = ["default_cache_dir", "tuning_db_dir", "tuned_options", "compile_model", "compile_many", "cached_artifact"]
 
 
 def default_cache_dir() -> Path:
@@ -31,6 +31,13 @@ def tuning_db_dir(cache: str | Path | None = None) -> Path:
     """Where TVM's MetaSchedule tuning databases live (one folder per target): beside the artifacts
     of the compile cache ``cache`` (default: `default_cache_dir`)."""
     return Path(cache or default_cache_dir()) / "metaschedule"
+
+
+def tuned_options(trials: int, threads: int, cache: str | Path | None = None) -> dict[str, Any]:
+    """TVM compile options for MetaSchedule with ``trials`` per block, candidates built and timed for
+    ``threads`` (as the block will be), into the tuning database of the compile cache ``cache``: a kernel
+    tuned for one block is not tuned again for the next, and a network is built from its blocks' records."""
+    return {"tune_trials": int(trials), "tune_threads": int(threads), "tune_db": str(tuning_db_dir(cache))}
 
 
 def log_path(cache: Path, role: str) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Sequence
 
 from profiler.backends import Artifact, BackendUnavailable, get_backend
 from profiler.blocks import ArchSpec, BlockSpec, flops
-from profiler.compile import compile_many, default_cache_dir, log_path, tuning_db_dir
+from profiler.compile import compile_many, default_cache_dir, log_path, tuned_options
 from profiler.devices import (DeviceError, DeviceSpec, check_threads, cores_busy_share, cpu_model, default_cores,
                               format_cores, local_id, parse_cores, parse_device)
 from profiler.interference import QuietTimes
@@ -410,11 +410,7 @@ def _run(models: Sequence[BlockSpec | ArchSpec], o: ProfileOptions, session: Ses
     if session.per_op:
         compile_options["per_op"] = True
     if session.tune_trials:
-        compile_options["tune_trials"] = int(session.tune_trials)
-        compile_options["tune_threads"] = int(config.threads)  # candidates timed as the block will be
-        # one tuning database per target beside the compile cache: a kernel tuned for one block is not
-        # tuned again for the next, and a network is built from the records its blocks left
-        compile_options["tune_db"] = str(tuning_db_dir(o.cache_path))
+        compile_options.update(tuned_options(session.tune_trials, config.threads, o.cache_path))
     cache = o.cache_path
     res.peak_gflops = st.peak(config.device_id, config.threads, config.cores)
     owner = owner_id()

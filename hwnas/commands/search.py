@@ -272,14 +272,14 @@ def cmd_verify(args) -> int:
     import numpy as np
 
     from profiler.harness import profile
-    from profiler.measurement import TimingProtocol, tuning_of
+    from profiler.measurement import TimingProtocol
     from profiler.store import Store
     from search.export import read_arch
     from search.latency import StoredMedians
 
     if args.threads < 1:
         raise UserError(f"--threads {args.threads}: give a count of at least 1")
-    _tuning(args)  # a negative --tune-trials is refused before anything is compiled
+    tuning = _tuning(args)  # the rows' tuning ("" untuned); a negative --tune-trials is refused here
     arch = read_arch(args.arch)
     if args.predictor or args.predict_from_db:
         if args.predict_from_db and not args.db:
@@ -288,7 +288,7 @@ def cmd_verify(args) -> int:
             pred, source = _user(_predictor, argparse.Namespace(predictor=args.predictor, db=None))
         else:
             pred = _user(StoredMedians.from_store, args.db, args.backend, args.device, threads=args.threads,
-                         tuning=_tuning(args))
+                         tuning=tuning)
             source = f"stored medians {pred.source}"
         try:
             # a predictor that models the whole network (block sum + per-network overhead) says so
@@ -314,7 +314,7 @@ def cmd_verify(args) -> int:
         else:  # measured before under the same configuration: read it back
             with Store(db) as st:
                 df = st.dataframe(status="ok", backend=args.backend, device=args.device, block_key=arch.key,
-                                  threads=args.threads, tuning=tuning_of(args.tune_trials))
+                                  threads=args.threads, tuning=tuning)
             if df.empty:
                 raise UserError(f"{db}: no measurement of {arch.key}")
             row = df.iloc[-1]
